@@ -9,7 +9,7 @@ __all__ = ['PACKAGE_ROOT', 'STAGES', 'TOY_DEFAULT', 'TOY_PAPER', 'PRESETS', 'pro
            'get_device', 'seed_everything', 'atomic_path', 'write_json', 'write_table', 'params_hash', 'cached_table',
            'Stage', 'StageRun', 'Preset', 'get_preset']
 
-# %% ../nbs/00_config.ipynb #149bd559
+# %% ../nbs/00_config.ipynb #411b9e9e
 import hashlib, json, os, random, tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-# %% ../nbs/00_config.ipynb #bd857128
+# %% ../nbs/00_config.ipynb #1b027d25
 PACKAGE_ROOT = Path(__file__).resolve().parent if "__file__" in globals() else Path.cwd()
 
 def project_root() -> Path:
@@ -37,7 +37,7 @@ def experiments_dir() -> Path:
     "The parameterised experiment notebooks that `randsae reproduce` executes."
     return project_root()/"nbs"/"experiments"
 
-# %% ../nbs/00_config.ipynb #05c8f404
+# %% ../nbs/00_config.ipynb #2dd64b9b
 def get_device(device: str | torch.device | None = None) -> torch.device:
     "`device` if given, else `cuda` when available, else `cpu` (never MPS by default)."
     if device is not None: return torch.device(device)
@@ -49,7 +49,7 @@ def seed_everything(seed: int) -> torch.Generator:
     random.seed(seed); np.random.seed(seed % 2**32); torch.manual_seed(seed)
     return torch.Generator().manual_seed(seed)
 
-# %% ../nbs/00_config.ipynb #fe0f1818
+# %% ../nbs/00_config.ipynb #79df3024
 @contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     "Yield a temporary path beside `path`; on success rename it onto `path`, on error delete it."
@@ -74,7 +74,7 @@ def write_table(df: pd.DataFrame, path: str | Path) -> Path:
     with atomic_path(path.with_suffix(".csv")) as tmp: df.to_csv(tmp, index=False)
     return path
 
-# %% ../nbs/00_config.ipynb #3720a5bc
+# %% ../nbs/00_config.ipynb #4bffd9de
 def params_hash(params: Mapping[str, Any]) -> str:
     "A short stable hash of a JSON-able parameter mapping."
     return hashlib.sha256(json.dumps(params, sort_keys=True, default=str).encode()).hexdigest()[:16]
@@ -91,7 +91,7 @@ def cached_table(path: str | Path, params: Mapping[str, Any], compute: Callable[
     write_table(df, path); write_json(meta, {"hash": key, "params": dict(params)})
     return df
 
-# %% ../nbs/00_config.ipynb #23de2f37
+# %% ../nbs/00_config.ipynb #2bf07aeb
 @dataclass(frozen=True)
 class Stage:
     "A named group of experiment notebooks executed together."
@@ -121,17 +121,15 @@ class Preset:
         unknown = [s for s in self.stages if s not in STAGES]
         if unknown: raise ValueError(f"Preset {self.name!r}: unknown stage(s) {unknown}; known stages: {list(STAGES)}")
 
-# %% ../nbs/00_config.ipynb #e2f55f44
-TOY_DEFAULT = dict(
-    n_samples=10_000, n_seeds=3, l1_coefficients=[1e-3, 1e-2, 3e-2, 0.1, 0.3, 1.0, 10.0, 100.0],
-    n_epochs=20, batch_size=256, mmcs_latent_counts=[256, 512, 1024],
-    glove_n_words=100_000, glove_n_epochs=5, glove_dims=[50],
-)
-TOY_PAPER = dict(
-    n_samples=10_000, n_seeds=10, l1_coefficients=[1e-3, 3e-3, 1e-2, 3e-2, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0],
-    n_epochs=100, batch_size=256, mmcs_latent_counts=[256, 512, 1024],
-    glove_n_words=400_000, glove_n_epochs=100, glove_dims=[50],
-)
+# %% ../nbs/00_config.ipynb #4abcfcc2
+_TOY_COMMON = dict(n_samples=10_000, n_inputs=256, n_features=512, avg_active=5.0, lambda_decay=0.99, covariance="raw",
+                   n_latents=1024, lomax_n_samples=10_000, glove_dims=[50], glove_latent_multipliers=[4, 16], glove_batch_size=256)
+TOY_DEFAULT = dict(_TOY_COMMON, n_seeds=3, l1_coefficients=[1e-3, 1e-2, 3e-2, 0.1, 0.3, 1.0, 10.0, 100.0], n_epochs=10,
+                   batch_size=256, mmcs_latent_counts=[256, 512, 1024],
+                   glove_n_words=100_000, glove_n_epochs=5, glove_l1_coefficients=[1e-3, 1e-2, 0.1, 0.3, 1.0, 10.0, 100.0])
+TOY_PAPER = dict(_TOY_COMMON, n_seeds=10, l1_coefficients=[1e-3, 3e-3, 1e-2, 3e-2, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0], n_epochs=100,
+                 batch_size=256, mmcs_latent_counts=[256, 512, 1024],
+                 glove_n_words=400_000, glove_n_epochs=100, glove_l1_coefficients=[1e-3, 3e-3, 1e-2, 3e-2, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0])
 
 PRESETS: dict[str, Preset] = {p.name: p for p in [
     Preset("tiny", "Embedded offline default: toy models at reduced size.", {"toy": StageRun("toy", TOY_DEFAULT)}),
