@@ -7,7 +7,7 @@ Docs: https://randsae.github.io/randsae/bench.html.md"""
 # %% auto #0
 __all__ = ['best_time', 'matmul_flops_per_s', 'bench_sharkey', 'train_one_conventional', 'bench_sweep', 'bench_toy']
 
-# %% ../nbs/07_bench.ipynb #70cd58e7
+# %% ../nbs/07_bench.ipynb #dc54bd60
 import time
 from typing import Callable
 
@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from .toy import sharkey_data, sharkey_data_loop
 from .dictionary import SweepConfig, ToySAE, normalize_decoder_, sae_loss, train_sweep
 
-# %% ../nbs/07_bench.ipynb #ea487de4
+# %% ../nbs/07_bench.ipynb #f48e8e41
 def best_time(fn: Callable[[], object], repeats: int = 3) -> float:
     "Fastest wall time of `repeats` calls of `fn`, in seconds."
     times = []
@@ -30,7 +30,7 @@ def matmul_flops_per_s(n: int = 2048, repeats: int = 5) -> float:
     a, b = torch.randn(n, n), torch.randn(n, n); a @ b
     return 2 * n**3 / best_time(lambda: a @ b, repeats)
 
-# %% ../nbs/07_bench.ipynb #d5471053
+# %% ../nbs/07_bench.ipynb #f2b918c6
 def bench_sharkey(n_samples: int = 10_000, repeats: int = 3) -> dict[str, float]:
     "Speed of the vectorised Sharkey generator against the Fig 12 loop and against its floor."
     eps, a = torch.randn(n_samples, 512), torch.randn(512, 512)
@@ -46,8 +46,9 @@ def bench_sharkey(n_samples: int = 10_000, repeats: int = 3) -> dict[str, float]
             "sharkey_freq_profile_max_rel_diff": ((prof_vec - prof_ref).abs() / prof_ref).max().item(),
             "sharkey_loop_s": loop, "sharkey_vectorised_s": fast, "sharkey_floor_s": floor}
 
-# %% ../nbs/07_bench.ipynb #02d18d22
-def train_one_conventional(x: torch.Tensor, n_latents: int, l1_coefficient: float, seed: int, n_epochs: int, batch_size: int, lr: float = 1e-3) -> ToySAE:
+# %% ../nbs/07_bench.ipynb #4ff0b5ed
+def train_one_conventional(x: torch.Tensor, n_latents: int, l1_coefficient: float, seed: int, n_epochs: int, batch_size: int, lr: float = 1e-3,
+                           mse_reduction: str = "sum_dims") -> ToySAE:
     "Train one SAE the conventional way (module + shuffled DataLoader + Adam), for the baseline."
     sae = ToySAE(x.shape[1], n_latents, seed=seed)
     opt = torch.optim.Adam(sae.parameters(), lr=lr)
@@ -56,7 +57,7 @@ def train_one_conventional(x: torch.Tensor, n_latents: int, l1_coefficient: floa
         for (xb,) in loader:
             normalize_decoder_(sae.w_dec.data)
             codes, recon = sae(xb)
-            loss = sae_loss(xb, codes, recon, l1_coefficient)[2]
+            loss = sae_loss(xb, codes, recon, l1_coefficient, mse_reduction)[2]
             opt.zero_grad(); loss.backward(); opt.step()
     return sae
 

@@ -9,7 +9,7 @@ __all__ = ['PACKAGE_ROOT', 'STAGES', 'TOY_DEFAULT', 'TOY_PAPER', 'PRESETS', 'pro
            'get_device', 'seed_everything', 'atomic_path', 'write_json', 'write_table', 'params_hash', 'cached_table',
            'Stage', 'StageRun', 'Preset', 'get_preset']
 
-# %% ../nbs/00_config.ipynb #411b9e9e
+# %% ../nbs/00_config.ipynb #45349537
 import hashlib, json, os, random, tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-# %% ../nbs/00_config.ipynb #1b027d25
+# %% ../nbs/00_config.ipynb #2db6d8a2
 PACKAGE_ROOT = Path(__file__).resolve().parent if "__file__" in globals() else Path.cwd()
 
 def project_root() -> Path:
@@ -37,7 +37,7 @@ def experiments_dir() -> Path:
     "The parameterised experiment notebooks that `randsae reproduce` executes."
     return project_root()/"nbs"/"experiments"
 
-# %% ../nbs/00_config.ipynb #2dd64b9b
+# %% ../nbs/00_config.ipynb #36784b47
 def get_device(device: str | torch.device | None = None) -> torch.device:
     "`device` if given, else `cuda` when available, else `cpu` (never MPS by default)."
     if device is not None: return torch.device(device)
@@ -49,13 +49,15 @@ def seed_everything(seed: int) -> torch.Generator:
     random.seed(seed); np.random.seed(seed % 2**32); torch.manual_seed(seed)
     return torch.Generator().manual_seed(seed)
 
-# %% ../nbs/00_config.ipynb #79df3024
+# %% ../nbs/00_config.ipynb #e40a6606
 @contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     "Yield a temporary path beside `path`; on success rename it onto `path`, on error delete it."
     path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent); os.close(fd)
-    tmp = Path(tmp)
+    # keep the real suffix last: some writers (papermill, altair) choose the format from it
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}", dir=path.parent); os.close(fd)
+    tmp = Path(tmp); umask = os.umask(0); os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)   # mkstemp makes 0600 files; results should be readable like any other file
     try:
         yield tmp
         os.replace(tmp, path)
@@ -74,7 +76,7 @@ def write_table(df: pd.DataFrame, path: str | Path) -> Path:
     with atomic_path(path.with_suffix(".csv")) as tmp: df.to_csv(tmp, index=False)
     return path
 
-# %% ../nbs/00_config.ipynb #4bffd9de
+# %% ../nbs/00_config.ipynb #f5003101
 def params_hash(params: Mapping[str, Any]) -> str:
     "A short stable hash of a JSON-able parameter mapping."
     return hashlib.sha256(json.dumps(params, sort_keys=True, default=str).encode()).hexdigest()[:16]
@@ -91,7 +93,7 @@ def cached_table(path: str | Path, params: Mapping[str, Any], compute: Callable[
     write_table(df, path); write_json(meta, {"hash": key, "params": dict(params)})
     return df
 
-# %% ../nbs/00_config.ipynb #2bf07aeb
+# %% ../nbs/00_config.ipynb #ce031288
 @dataclass(frozen=True)
 class Stage:
     "A named group of experiment notebooks executed together."
@@ -121,7 +123,7 @@ class Preset:
         unknown = [s for s in self.stages if s not in STAGES]
         if unknown: raise ValueError(f"Preset {self.name!r}: unknown stage(s) {unknown}; known stages: {list(STAGES)}")
 
-# %% ../nbs/00_config.ipynb #4abcfcc2
+# %% ../nbs/00_config.ipynb #083a8b76
 _TOY_COMMON = dict(n_samples=10_000, n_inputs=256, n_features=512, avg_active=5.0, lambda_decay=0.99, covariance="raw",
                    n_latents=1024, lomax_n_samples=10_000, glove_dims=[50], glove_latent_multipliers=[4, 16], glove_batch_size=256)
 TOY_DEFAULT = dict(_TOY_COMMON, n_seeds=3, l1_coefficients=[1e-3, 1e-2, 3e-2, 0.1, 0.3, 1.0, 10.0, 100.0], n_epochs=10,

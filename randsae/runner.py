@@ -8,7 +8,7 @@ Docs: https://randsae.github.io/randsae/runner.html.md"""
 __all__ = ['log', 'notebook_parameters', 'parse_value', 'parse_set', 'load_params_file', 'check_overrides', 'run_dir_name',
            'NotebookRun', 'plan_runs', 'provenance', 'execute_run', 'reproduce']
 
-# %% ../nbs/05_runner.ipynb #e9122dde
+# %% ../nbs/05_runner.ipynb #2893a756
 import ast, json, logging, platform, re, subprocess, sys, time
 from dataclasses import dataclass
 from importlib import metadata
@@ -22,7 +22,7 @@ from .config import (STAGES, Preset, atomic_path, experiments_dir, get_preset, o
 
 log = logging.getLogger(__name__)
 
-# %% ../nbs/05_runner.ipynb #f0f9b1d1
+# %% ../nbs/05_runner.ipynb #5e76a009
 def notebook_parameters(path: str | Path) -> dict[str, Any]:
     "Names and default values declared in the `parameters` cell of the notebook at `path`."
     path = Path(path); nb = nbformat.read(path, as_version=4)
@@ -36,9 +36,19 @@ def notebook_parameters(path: str | Path) -> dict[str, Any]:
         name = target.id
         try: params[name] = ast.literal_eval(node.value)
         except ValueError: raise ValueError(f"{path.name}: parameter {name!r} must be a plain literal, got {ast.unparse(node.value)}") from None
+    _check_papermill_parses(path, cells[0].source, params)
     return params
 
-# %% ../nbs/05_runner.ipynb #52dfea86
+def _check_papermill_parses(path: Path, source: str, params: Mapping[str, Any]) -> None:
+    "papermill re-parses the cell with a regex and drops lines it cannot read (e.g. an '=' inside a comment): fail early instead."
+    from papermill.translators import PythonTranslator
+    logging.getLogger("papermill").disabled = True   # it logs each unparsable line; we raise one clear error instead
+    try: seen = {p.name for p in PythonTranslator.inspect({"source": source})}
+    finally: logging.getLogger("papermill").disabled = False
+    lost = [n for n in params if n not in seen]
+    if lost: raise ValueError(f"{path.name}: papermill cannot parse the parameter line(s) of {lost} (no '=' inside comments, please)")
+
+# %% ../nbs/05_runner.ipynb #cbd15613
 def parse_value(text: str) -> Any:
     "Parse an override value: a Python literal, else YAML, else the string itself."
     try: return ast.literal_eval(text)
@@ -79,7 +89,7 @@ def check_overrides(overrides: Mapping[str, Any], declared: Mapping[str, Mapping
         if not _type_ok(known[name], value):
             raise ValueError(f"parameter {name!r} expects {type(known[name]).__name__} (default {known[name]!r}), got {type(value).__name__} {value!r}")
 
-# %% ../nbs/05_runner.ipynb #f869ddbc
+# %% ../nbs/05_runner.ipynb #e70fbc29
 def run_dir_name(base: str, overrides: Mapping[str, Any]) -> str:
     "Output folder name for `base` with `overrides` (just `base` when there are none)."
     if not overrides: return base
@@ -87,7 +97,7 @@ def run_dir_name(base: str, overrides: Mapping[str, Any]) -> str:
     slug = re.sub(r"[^A-Za-z0-9._=+,-]+", "", slug)[:60]
     return f"{base}--{slug}-{params_hash(dict(overrides))[:8]}"
 
-# %% ../nbs/05_runner.ipynb #8540ff12
+# %% ../nbs/05_runner.ipynb #35362344
 @dataclass
 class NotebookRun:
     "One notebook of a stage, with the parameters it will get."
@@ -130,7 +140,7 @@ def plan_runs(preset: Preset, stages: Sequence[str] | None = None, overrides: Ma
             runs.append(NotebookRun(s, nb_dir/nb, out, params))
     return runs
 
-# %% ../nbs/05_runner.ipynb #0a53ad30
+# %% ../nbs/05_runner.ipynb #aca6616b
 class _Collect(logging.Handler):
     def __init__(self): super().__init__(logging.WARNING); self.records = []
     def emit(self, record): self.records.append(record.getMessage())

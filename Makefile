@@ -1,0 +1,46 @@
+# randsae: the two commands of the README, plus a few conveniences.
+# Works on a machine with only Python 3.11, pip and make: everything else goes into .venv.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+PIP    := $(BIN)/python -m pip --disable-pip-version-check -q
+# torch first, pinned: 2.13.0 is a CPU build on this machine's disk; an unpinned torch pulls a multi-GB CUDA build.
+TORCH  := torch==2.13.0
+
+.PHONY: reproduce test lab readme bench export clean-venv
+
+reproduce: $(VENV)/.installed-base  ## the main job on the embedded offline default
+	$(BIN)/randsae reproduce --preset tiny
+
+test: $(VENV)/.installed-dev  ## nbdev-test on every notebook, then pytest (its summary line is the last word)
+	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 HF_HUB_OFFLINE=1 $(BIN)/nbdev-test --n-workers 2
+	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 HF_HUB_OFFLINE=1 $(BIN)/python -m pytest
+
+lab: $(VENV)/.installed-dev  ## JupyterLab on nbs/ with the project's environment as a kernel
+	$(BIN)/python -m ipykernel install --user --name randsae --display-name "randsae (.venv)"
+	$(BIN)/jupyter lab --notebook-dir=nbs
+
+readme: $(VENV)/.installed-dev  ## README.md from nbs/index.ipynb
+	$(BIN)/python -c "from randsae.docs import write_readme; write_readme()"
+
+export: $(VENV)/.installed-dev  ## notebooks -> randsae/, then README
+	$(BIN)/nbdev-export
+	$(MAKE) readme
+
+bench: $(VENV)/.installed-base
+	$(BIN)/randsae bench toy
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(VENV)/.installed-base: pyproject.toml constraints.txt | $(BIN)/python
+	$(PIP) install $(TORCH)
+	$(PIP) install -c constraints.txt -e .
+	touch $@
+
+$(VENV)/.installed-dev: $(VENV)/.installed-base
+	$(PIP) install -c constraints.txt -e ".[dev]"
+	touch $@
+
+clean-venv:
+	rm -rf $(VENV)

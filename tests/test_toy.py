@@ -1,0 +1,63 @@
+"The toy-model contract used by checks outside the notebooks, and the generator against the paper's own loop."
+import inspect
+
+import pytest
+import torch
+
+from randsae.toy import sharkey_data, sharkey_data_loop, sharkey_statistics, gaussian_control, lomax_data
+from randsae.dictionary import SweepConfig, train_sweep, sweep_metrics
+
+
+def test_sharkey_signature_and_shapes():
+    sig = inspect.signature(sharkey_data)
+    assert list(sig.parameters)[:6] == ["n_samples", "n_inputs", "n_features", "avg_active", "lambda_decay", "seed"]
+    assert sig.parameters["seed"].kind is inspect.Parameter.KEYWORD_ONLY
+    assert (sig.parameters["n_inputs"].default, sig.parameters["n_features"].default) == (256, 512)
+    d = sharkey_data(300, seed=0)
+    assert d.x.shape == (300, 256) and d.features.shape == (256, 512) and d.coefficients.shape == (300, 512)
+    torch.testing.assert_close(d.features.norm(dim=0), torch.ones(512))
+    torch.testing.assert_close(d.x, d.coefficients @ d.features.T, atol=1e-4, rtol=1e-4)
+
+
+def test_vectorised_matches_fig12_loop_statistics():
+    "Same distribution as the paper's loop: mean active features within 3%, same frequency profile over feature index."
+    fast, loop = sharkey_data(6000, seed=0), sharkey_data_loop(6000, seed=1)
+    sf, sl = sharkey_statistics(fast), sharkey_statistics(loop)
+    assert abs(sf["mean_active_per_sample"] - sl["mean_active_per_sample"]) / sl["mean_active_per_sample"] < 0.03
+    prof = lambda d: (d.coefficients > 0).float().mean(0).reshape(8, -1).sum(1)
+    assert ((prof(fast) - prof(loop)).abs() / prof(loop)).max() < 0.1
+    assert sf["mean_active_per_sample"] == pytest.approx(5.0, rel=0.05)
+
+
+def test_correlation_variant_concentrates_firing():
+    "With unit variances the decay exponent bites: most firing goes to the first features (unlike the raw covariance)."
+    raw, corr = sharkey_data(3000, seed=0), sharkey_data(3000, seed=0, covariance="correlation")
+    assert sharkey_statistics(corr)["share_of_firing_in_first_10pct"] > 0.5 > sharkey_statistics(raw)["share_of_firing_in_first_10pct"]
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda: sharkey_data(10, avg_active=513), "avg_active must be in (0, 512]"),
+    (lambda: sharkey_data(0), "n_samples must be a positive integer"),
+    (lambda: sharkey_data(10, lambda_decay=-0.5), "lambda_decay must be in [0"),
+    (lambda: lomax_data(alpha=-1), "alpha must be in (0"),
+    (lambda: gaussian_control(torch.zeros(3)), "x must be 2-D"),
+    (lambda: SweepConfig(16, [0.1, -2.0]), "l1_coefficients[i] must be in [0"),
+    (lambda: SweepConfig(16, [0.1], activation="gelu"), "activation must be"),
+])
+def test_bad_input_names_the_argument(call, message):
+    with pytest.raises(ValueError, match=None) as e: call()
+    assert message in str(e.value)
+
+
+def test_glove_missing_file_error(tmp_path):
+    from randsae.glove import load_glove
+    with pytest.raises(FileNotFoundError) as e: load_glove(300, path=tmp_path)
+    assert "glove.6B.300d.txt" in str(e.value) and "nlp.stanford.edu" in str(e.value)
+
+
+def test_sae_recovers_ground_truth_in_goldilocks_zone():
+    "Fig 5's claim at small size: a moderate penalty recovers the generating features far better than none."
+    d = sharkey_data(4000, n_inputs=32, n_features=48, avg_active=3, seed=0)
+    res = train_sweep(d.x, SweepConfig(96, [0.0, 0.03], n_epochs=15, batch_size=64), seeds=[0], progress=False)
+    m = sweep_metrics(res, d.x, d.features).set_index("l1_coefficient")
+    assert m.loc[0.03, "mmcs"] > m.loc[0.0, "mmcs"] + 0.1 and m.loc[0.03, "mmcs"] > 0.8
