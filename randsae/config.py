@@ -9,7 +9,7 @@ __all__ = ['PACKAGE_ROOT', 'STAGES', 'TOY_DEFAULT', 'TOY_PAPER', 'PRESETS', 'pro
            'get_device', 'seed_everything', 'atomic_path', 'write_json', 'write_table', 'params_hash', 'cached_table',
            'Stage', 'StageRun', 'Preset', 'get_preset']
 
-# %% ../nbs/00_config.ipynb #45349537
+# %% ../nbs/00_config.ipynb #b919d945
 import hashlib, json, os, random, tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-# %% ../nbs/00_config.ipynb #2db6d8a2
+# %% ../nbs/00_config.ipynb #ff4c29ec
 PACKAGE_ROOT = Path(__file__).resolve().parent if "__file__" in globals() else Path.cwd()
 
 def project_root() -> Path:
@@ -37,7 +37,7 @@ def experiments_dir() -> Path:
     "The parameterised experiment notebooks that `randsae reproduce` executes."
     return project_root()/"nbs"/"experiments"
 
-# %% ../nbs/00_config.ipynb #36784b47
+# %% ../nbs/00_config.ipynb #8fda0651
 def get_device(device: str | torch.device | None = None) -> torch.device:
     "`device` if given, else `cuda` when available, else `cpu` (never MPS by default)."
     if device is not None: return torch.device(device)
@@ -49,7 +49,7 @@ def seed_everything(seed: int) -> torch.Generator:
     random.seed(seed); np.random.seed(seed % 2**32); torch.manual_seed(seed)
     return torch.Generator().manual_seed(seed)
 
-# %% ../nbs/00_config.ipynb #e40a6606
+# %% ../nbs/00_config.ipynb #a45748fb
 @contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     "Yield a temporary path beside `path`; on success rename it onto `path`, on error delete it."
@@ -76,13 +76,14 @@ def write_table(df: pd.DataFrame, path: str | Path) -> Path:
     with atomic_path(path.with_suffix(".csv")) as tmp: df.to_csv(tmp, index=False)
     return path
 
-# %% ../nbs/00_config.ipynb #f5003101
+# %% ../nbs/00_config.ipynb #e65dcb63
 def params_hash(params: Mapping[str, Any]) -> str:
     "A short stable hash of a JSON-able parameter mapping."
     return hashlib.sha256(json.dumps(params, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
-def cached_table(path: str | Path, params: Mapping[str, Any], compute: Callable[[], pd.DataFrame], force: bool = False) -> pd.DataFrame:
-    "Load the table at `path` if it was made with `params`, else `compute()` it and save it atomically."
+def cached_table(path: str | Path, params: Mapping[str, Any], compute: Callable[[], pd.DataFrame], force: bool | None = None) -> pd.DataFrame:
+    "Load the table at `path` if it was made with `params`, else `compute()` it and save it atomically (`force`: default `$RANDSAE_FORCE`)."
+    if force is None: force = os.environ.get("RANDSAE_FORCE") == "1"   # set by `randsae reproduce --force`
     path = Path(path).with_suffix(".parquet"); meta = path.with_suffix(".params.json")
     key = params_hash(params)
     if not force and path.exists() and meta.exists():
@@ -93,7 +94,7 @@ def cached_table(path: str | Path, params: Mapping[str, Any], compute: Callable[
     write_table(df, path); write_json(meta, {"hash": key, "params": dict(params)})
     return df
 
-# %% ../nbs/00_config.ipynb #ce031288
+# %% ../nbs/00_config.ipynb #0e217c3a
 @dataclass(frozen=True)
 class Stage:
     "A named group of experiment notebooks executed together."
@@ -123,7 +124,7 @@ class Preset:
         unknown = [s for s in self.stages if s not in STAGES]
         if unknown: raise ValueError(f"Preset {self.name!r}: unknown stage(s) {unknown}; known stages: {list(STAGES)}")
 
-# %% ../nbs/00_config.ipynb #083a8b76
+# %% ../nbs/00_config.ipynb #eb81419f
 _TOY_COMMON = dict(n_samples=10_000, n_inputs=256, n_features=512, avg_active=5.0, lambda_decay=0.99, covariance="raw",
                    n_latents=1024, lomax_n_samples=10_000, glove_dims=[50], glove_latent_multipliers=[4, 16], glove_batch_size=256)
 TOY_DEFAULT = dict(_TOY_COMMON, n_seeds=3, l1_coefficients=[1e-3, 1e-2, 3e-2, 0.1, 0.3, 1.0, 10.0, 100.0], n_epochs=10,

@@ -7,9 +7,10 @@ Docs: https://randsae.github.io/randsae/dictionary.html.md"""
 # %% auto #0
 __all__ = ['Activation', 'MseReduction', 'SPARSITY_MEASURES', 'sae_encode', 'sae_loss', 'normalize_decoder_', 'init_sae_weights',
            'ToySAE', 'SweepConfig', 'split_train_val', 'SweepResult', 'train_sweep', 'SparsityMeasure', 'check_measure',
-           'sparsity', 'max_cosine', 'mmcs', 'recovery_rate', 'sweep_metrics', 'pareto_front', 'pareto_table']
+           'sparsity', 'max_cosine', 'mmcs', 'recovery_rate', 'sweep_metrics', 'pareto_front', 'pareto_table',
+           'sparsity_at_explained_variance']
 
-# %% ../nbs/02_dictionary.ipynb #f49b4414
+# %% ../nbs/02_dictionary.ipynb #3ac993c9
 import math
 from dataclasses import dataclass, field, asdict
 from typing import Literal, Sequence
@@ -23,7 +24,7 @@ from tqdm.auto import tqdm
 from .config import get_device
 from .toy import check_positive_int, check_range
 
-# %% ../nbs/02_dictionary.ipynb #26a94956
+# %% ../nbs/02_dictionary.ipynb #e88dac72
 Activation = Literal["relu", "topk"]
 MseReduction = Literal["sum_dims", "mean_dims"]
 
@@ -47,7 +48,7 @@ def normalize_decoder_(w_dec: Tensor) -> Tensor:
     "Scale each latent's decoder vector (last dim of `w_dec` (..., m, d)) to unit length, in place."
     return w_dec.div_(w_dec.norm(dim=-1, keepdim=True).clamp_min(1e-12))
 
-# %% ../nbs/02_dictionary.ipynb #4d10d11e
+# %% ../nbs/02_dictionary.ipynb #8f8dccbf
 def init_sae_weights(d: int, n_latents: int, seed: int, device=None) -> tuple[Tensor, Tensor, Tensor]:
     "Seeded (w_enc (d,m), b_enc (1,m), w_dec (m,d)): default `nn.Linear` init for the encoder, orthogonal unit-row decoder."
     dev = get_device(device); g = torch.Generator().manual_seed(seed)
@@ -57,7 +58,7 @@ def init_sae_weights(d: int, n_latents: int, seed: int, device=None) -> tuple[Te
     w_dec = normalize_decoder_(nn.init.orthogonal_(torch.empty(n_latents, d), generator=g))
     return w_enc.to(dev), b_enc.to(dev), w_dec.to(dev)
 
-# %% ../nbs/02_dictionary.ipynb #45ac15d5
+# %% ../nbs/02_dictionary.ipynb #d07ce48c
 class ToySAE(nn.Module):
     "The standard SAE of Appendix C.2 as a module (ReLU or TopK)."
     def __init__(self, d: int, n_latents: int, *, seed: int = 0, activation: Activation = "relu", k: int | None = None, device=None):
@@ -68,7 +69,7 @@ class ToySAE(nn.Module):
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         codes = self.encode(x); return codes, codes @ self.w_dec
 
-# %% ../nbs/02_dictionary.ipynb #5e5fc4a7
+# %% ../nbs/02_dictionary.ipynb #9fe20590
 @dataclass
 class SweepConfig:
     "Hyper-parameters of a sweep of toy SAEs."
@@ -96,7 +97,7 @@ class SweepConfig:
             if self.k is None or not 1 <= self.k < self.n_latents:
                 raise ValueError(f"k must be in [1, n_latents={self.n_latents}) for activation='topk', got {self.k!r}")
 
-# %% ../nbs/02_dictionary.ipynb #d4dda8a3
+# %% ../nbs/02_dictionary.ipynb #161d482e
 def split_train_val(data: Tensor, val_fraction: float = 0.1) -> tuple[Tensor, Tensor]:
     "Split `(..., n_samples, d)` data into the first `1 - val_fraction` and the last `val_fraction` samples (data are IID)."
     n = data.shape[-2]; n_val = max(1, int(round(n * val_fraction)))
@@ -124,7 +125,7 @@ def _as_groups(data: Tensor, n_seeds: int) -> Tensor:
         raise ValueError(f"data must be (n_samples, d) or (n_seeds={n_seeds}, n_samples, d), got shape {tuple(data.shape)}")
     return data
 
-# %% ../nbs/02_dictionary.ipynb #e3282d2d
+# %% ../nbs/02_dictionary.ipynb #0b056345
 def train_sweep(data: Tensor, config: SweepConfig, seeds: Sequence[int] = (0,), *, device=None, progress: bool = True) -> SweepResult:
     "Train one SAE per (seed, coefficient) on `data` ((n, d) shared, or (n_seeds, n, d)) in one batched loop."
     import time
@@ -152,7 +153,7 @@ def train_sweep(data: Tensor, config: SweepConfig, seeds: Sequence[int] = (0,), 
     normalize_decoder_(w_dec.data)
     return SweepResult(config, seeds, w_enc.detach(), b_enc.detach(), w_dec.detach(), steps, time.perf_counter() - t0)
 
-# %% ../nbs/02_dictionary.ipynb #06f2aa04
+# %% ../nbs/02_dictionary.ipynb #76d23881
 @dataclass(frozen=True)
 class SparsityMeasure:
     "A sparsity measure of SAE codes."
@@ -180,7 +181,7 @@ def sparsity(codes: Tensor, measure: str) -> Tensor:
     if measure == "l1_over_sqrt_l2": return torch.where(zero, 0.0, l1 / safe.sqrt())
     return torch.where(zero, 1.0, (math.sqrt(m) - l1 / safe) / (math.sqrt(m) - 1))
 
-# %% ../nbs/02_dictionary.ipynb #fbf87b21
+# %% ../nbs/02_dictionary.ipynb #950059b3
 def max_cosine(features: Tensor, w_dec: Tensor) -> Tensor:
     "For each ground-truth feature (columns of `features` (..., d, n)), its max cosine with the decoder rows of `w_dec` (..., m, d)."
     f = features / features.norm(dim=-2, keepdim=True).clamp_min(1e-12)
@@ -196,7 +197,7 @@ def recovery_rate(features: Tensor, w_dec: Tensor, threshold: float = 0.9) -> Te
     check_range("threshold", threshold, -1, 1)
     return (max_cosine(features, w_dec) >= threshold).float().mean(-1)
 
-# %% ../nbs/02_dictionary.ipynb #5fdea430
+# %% ../nbs/02_dictionary.ipynb #e5782182
 @torch.no_grad()
 def sweep_metrics(result: SweepResult, data: Tensor, features: Tensor | None = None, chunk_size: int = 4096) -> pd.DataFrame:
     "One row per (seed, coefficient): explained variance, L0, L1, L1/√L2, Hoyer, dead latents, and MMCS/recovery when `features` are known."
@@ -222,7 +223,7 @@ def sweep_metrics(result: SweepResult, data: Tensor, features: Tensor | None = N
                        "n_latents": cfg.n_latents, **{k: v.cpu().numpy().ravel() for k, v in cols.items()}})
     return df
 
-# %% ../nbs/02_dictionary.ipynb #cb287a4b
+# %% ../nbs/02_dictionary.ipynb #8fa88813
 def pareto_front(x: Sequence[float], y: Sequence[float], sparser: Literal["lower", "higher"] = "lower") -> np.ndarray:
     "Boolean mask of points not dominated by another (sparser in `x` and at least as high in `y`, one strictly)."
     x = np.asarray(x, float) * (1 if sparser == "lower" else -1); y = np.asarray(y, float)
@@ -246,3 +247,18 @@ def pareto_table(metrics: pd.DataFrame, group_cols: Sequence[str] = ("dataset",)
         sub = out.loc[idx]
         out.loc[idx, "on_frontier"] = pareto_front(sub.sparsity, sub.explained_variance, SPARSITY_MEASURES[sub.measure.iloc[0]].sparser)
     return out
+
+# %% ../nbs/02_dictionary.ipynb #3488a964
+def sparsity_at_explained_variance(pareto: pd.DataFrame, levels: Sequence[float], group_cols: Sequence[str] = ("dataset",),
+                                   measure: str = "l1_over_sqrt_l2") -> pd.DataFrame:
+    "Per group, the sparsity interpolated at each explained-variance level (NaN where the curve does not reach it)."
+    check_measure(measure)
+    rows = []
+    for key, g in pareto[pareto.measure == measure].groupby(list(group_cols)):
+        g = g.sort_values("explained_variance")
+        ev, sp = g.explained_variance.to_numpy(), g.sparsity.to_numpy()
+        key = key if isinstance(key, tuple) else (key,)
+        for lv in levels:
+            val = float(np.interp(lv, ev, sp)) if ev.min() <= lv <= ev.max() else float("nan")
+            rows.append({**dict(zip(group_cols, key)), "explained_variance": lv, "measure": measure, "sparsity": val})
+    return pd.DataFrame(rows)

@@ -7,7 +7,7 @@ Docs: https://randsae.github.io/randsae/plots.html.md"""
 # %% auto #0
 __all__ = ['DATASET_COLORS', 'VARIANT_COLORS', 'FIGURE_FORMATS', 'color_scale', 'save_chart', 'pareto_chart']
 
-# %% ../nbs/04_plots.ipynb #fd64a6ec
+# %% ../nbs/04_plots.ipynb #286c355e
 from pathlib import Path
 from typing import Sequence
 
@@ -17,7 +17,7 @@ import pandas as pd
 from .config import atomic_path
 from .dictionary import SPARSITY_MEASURES, check_measure
 
-# %% ../nbs/04_plots.ipynb #c1e29c2a
+# %% ../nbs/04_plots.ipynb #877c12cb
 DATASET_COLORS: dict[str, str] = {
     "superposed inputs": "#8ecae6", "superposed outputs": "#1f77b4",
     "gaussian inputs": "#98df8a", "gaussian outputs": "#2ca02c",
@@ -33,7 +33,7 @@ def color_scale(palette: dict[str, str], present: Sequence[str] | None = None) -
     names = [n for n in palette if present is None or n in set(present)]
     return alt.Scale(domain=names, range=[palette[n] for n in names])
 
-# %% ../nbs/04_plots.ipynb #ef2ddb0a
+# %% ../nbs/04_plots.ipynb #fa29589d
 FIGURE_FORMATS = ("png", "svg", "html")
 
 def save_chart(chart: alt.TopLevelMixin, fig_dir: str | Path, name: str, formats: Sequence[str] = FIGURE_FORMATS, scale_factor: float = 2.0) -> list[Path]:
@@ -49,7 +49,7 @@ def save_chart(chart: alt.TopLevelMixin, fig_dir: str | Path, name: str, formats
         paths.append(path)
     return paths
 
-# %% ../nbs/04_plots.ipynb #f3822760
+# %% ../nbs/04_plots.ipynb #965b3682
 def pareto_chart(table: pd.DataFrame, measure: str, title: str = "", color_col: str = "dataset",
                  palette: dict[str, str] = DATASET_COLORS, width: int = 320, height: int = 240) -> alt.LayerChart:
     "Explained variance against one sparsity measure, from a `pareto_table` (one curve per `color_col` value)."
@@ -60,10 +60,14 @@ def pareto_chart(table: pd.DataFrame, measure: str, title: str = "", color_col: 
     color = alt.Color(f"{color_col}:N", scale=color_scale(palette, df[color_col].unique()), title=None)
     base = alt.Chart(df).encode(color=color)
     x = alt.X("sparsity:Q", title=f"{spec.label} ({spec.sparser} is sparser)")
-    y = alt.Y("explained_variance:Q", title="Explained variance", scale=alt.Scale(domain=[min(0, df.y_lo.min()), 1]))
+    # Dead SAEs (all codes zero) have negative explained variance (the decoder has no bias); drawing them
+    # at 0 keeps the frontier readable. The tooltip and the tables keep the real value.
+    y = alt.Y("explained_variance:Q", title="Explained variance (values < 0 drawn at 0)", scale=alt.Scale(domain=[0, 1], clamp=True))
     tip = [color_col, "l1_coefficient", alt.Tooltip("sparsity:Q", format=".3g"), alt.Tooltip("explained_variance:Q", format=".3f"), "n_seeds"]
     line = base.mark_line(opacity=.6).encode(x, y, order="l1_coefficient:Q")
     pts = base.mark_point(size=40).encode(x, y, fill=alt.condition("datum.on_frontier", color, alt.value("white")), tooltip=tip)
+    df["y_lo"], df["y_hi"] = df.y_lo.clip(lower=0), df.y_hi.clip(lower=0)
+    base = alt.Chart(df).encode(color=color)
     xerr = base.mark_rule().encode(alt.X("x_lo:Q"), alt.X2("x_hi:Q"), y)
-    yerr = base.mark_rule().encode(x, alt.Y("y_lo:Q"), alt.Y2("y_hi:Q"))
+    yerr = base.mark_rule().encode(x, alt.Y("y_lo:Q", scale=alt.Scale(domain=[0, 1], clamp=True)), alt.Y2("y_hi:Q"))
     return (line + xerr + yerr + pts).properties(title=title, width=width, height=height)

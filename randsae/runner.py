@@ -8,8 +8,8 @@ Docs: https://randsae.github.io/randsae/runner.html.md"""
 __all__ = ['log', 'notebook_parameters', 'parse_value', 'parse_set', 'load_params_file', 'check_overrides', 'run_dir_name',
            'NotebookRun', 'plan_runs', 'provenance', 'execute_run', 'reproduce']
 
-# %% ../nbs/05_runner.ipynb #2893a756
-import ast, json, logging, platform, re, subprocess, sys, time
+# %% ../nbs/05_runner.ipynb #85f2de9b
+import ast, json, logging, os, platform, re, subprocess, sys, time
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -22,7 +22,7 @@ from .config import (STAGES, Preset, atomic_path, experiments_dir, get_preset, o
 
 log = logging.getLogger(__name__)
 
-# %% ../nbs/05_runner.ipynb #5e76a009
+# %% ../nbs/05_runner.ipynb #be00bf4c
 def notebook_parameters(path: str | Path) -> dict[str, Any]:
     "Names and default values declared in the `parameters` cell of the notebook at `path`."
     path = Path(path); nb = nbformat.read(path, as_version=4)
@@ -48,7 +48,7 @@ def _check_papermill_parses(path: Path, source: str, params: Mapping[str, Any]) 
     lost = [n for n in params if n not in seen]
     if lost: raise ValueError(f"{path.name}: papermill cannot parse the parameter line(s) of {lost} (no '=' inside comments, please)")
 
-# %% ../nbs/05_runner.ipynb #cbd15613
+# %% ../nbs/05_runner.ipynb #e86c64bb
 def parse_value(text: str) -> Any:
     "Parse an override value: a Python literal, else YAML, else the string itself."
     try: return ast.literal_eval(text)
@@ -89,7 +89,7 @@ def check_overrides(overrides: Mapping[str, Any], declared: Mapping[str, Mapping
         if not _type_ok(known[name], value):
             raise ValueError(f"parameter {name!r} expects {type(known[name]).__name__} (default {known[name]!r}), got {type(value).__name__} {value!r}")
 
-# %% ../nbs/05_runner.ipynb #e70fbc29
+# %% ../nbs/05_runner.ipynb #21b3e09c
 def run_dir_name(base: str, overrides: Mapping[str, Any]) -> str:
     "Output folder name for `base` with `overrides` (just `base` when there are none)."
     if not overrides: return base
@@ -97,7 +97,7 @@ def run_dir_name(base: str, overrides: Mapping[str, Any]) -> str:
     slug = re.sub(r"[^A-Za-z0-9._=+,-]+", "", slug)[:60]
     return f"{base}--{slug}-{params_hash(dict(overrides))[:8]}"
 
-# %% ../nbs/05_runner.ipynb #35362344
+# %% ../nbs/05_runner.ipynb #06ad89db
 @dataclass
 class NotebookRun:
     "One notebook of a stage, with the parameters it will get."
@@ -140,7 +140,7 @@ def plan_runs(preset: Preset, stages: Sequence[str] | None = None, overrides: Ma
             runs.append(NotebookRun(s, nb_dir/nb, out, params))
     return runs
 
-# %% ../nbs/05_runner.ipynb #aca6616b
+# %% ../nbs/05_runner.ipynb #1e247647
 class _Collect(logging.Handler):
     def __init__(self): super().__init__(logging.WARNING); self.records = []
     def emit(self, record): self.records.append(record.getMessage())
@@ -162,7 +162,8 @@ def execute_run(run: NotebookRun, force: bool = False, progress: bool = True) ->
         log.info("skip %s (done with the same parameters)", run.executed); return False
     run.out_dir.mkdir(parents=True, exist_ok=True)
     handler = _Collect(); pm_log = logging.getLogger("papermill"); pm_log.addHandler(handler)
-    t0 = time.perf_counter()
+    t0 = time.perf_counter(); old_force = os.environ.get("RANDSAE_FORCE")
+    if force: os.environ["RANDSAE_FORCE"] = "1"   # the kernel inherits it: cached sweeps are recomputed too
     try:
         with atomic_path(run.executed) as tmp:
             pm.execute_notebook(str(run.notebook), str(tmp), parameters=run.params, kernel_name="python3",
@@ -170,6 +171,8 @@ def execute_run(run: NotebookRun, force: bool = False, progress: bool = True) ->
             if handler.records: raise RuntimeError(f"papermill warned while running {run.notebook.name}: {handler.records}")
     finally:
         pm_log.removeHandler(handler)
+        if old_force is None: os.environ.pop("RANDSAE_FORCE", None)
+        else: os.environ["RANDSAE_FORCE"] = old_force
     write_json(run.marker, {"params_hash": params_hash(run.params), "params": run.params, "seconds": round(time.perf_counter() - t0, 1),
                             "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
     return True
