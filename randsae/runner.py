@@ -8,7 +8,7 @@ Docs: https://randsae.github.io/randsae/runner.html.md"""
 __all__ = ['log', 'notebook_parameters', 'parse_value', 'parse_set', 'load_params_file', 'check_overrides', 'run_dir_name',
            'NotebookRun', 'plan_runs', 'provenance', 'execute_run', 'reproduce']
 
-# %% ../nbs/05_runner.ipynb #85f2de9b
+# %% ../nbs/05_runner.ipynb #d4c9414f
 import ast, json, logging, os, platform, re, subprocess, sys, time
 from dataclasses import dataclass
 from importlib import metadata
@@ -22,7 +22,7 @@ from .config import (STAGES, Preset, atomic_path, experiments_dir, get_preset, o
 
 log = logging.getLogger(__name__)
 
-# %% ../nbs/05_runner.ipynb #be00bf4c
+# %% ../nbs/05_runner.ipynb #10736ba2
 def notebook_parameters(path: str | Path) -> dict[str, Any]:
     "Names and default values declared in the `parameters` cell of the notebook at `path`."
     path = Path(path); nb = nbformat.read(path, as_version=4)
@@ -48,7 +48,7 @@ def _check_papermill_parses(path: Path, source: str, params: Mapping[str, Any]) 
     lost = [n for n in params if n not in seen]
     if lost: raise ValueError(f"{path.name}: papermill cannot parse the parameter line(s) of {lost} (no '=' inside comments, please)")
 
-# %% ../nbs/05_runner.ipynb #e86c64bb
+# %% ../nbs/05_runner.ipynb #47abc7ba
 def parse_value(text: str) -> Any:
     "Parse an override value: a Python literal, else YAML, else the string itself."
     try: return ast.literal_eval(text)
@@ -89,7 +89,7 @@ def check_overrides(overrides: Mapping[str, Any], declared: Mapping[str, Mapping
         if not _type_ok(known[name], value):
             raise ValueError(f"parameter {name!r} expects {type(known[name]).__name__} (default {known[name]!r}), got {type(value).__name__} {value!r}")
 
-# %% ../nbs/05_runner.ipynb #21b3e09c
+# %% ../nbs/05_runner.ipynb #b1f9a67e
 def run_dir_name(base: str, overrides: Mapping[str, Any]) -> str:
     "Output folder name for `base` with `overrides` (just `base` when there are none)."
     if not overrides: return base
@@ -97,7 +97,7 @@ def run_dir_name(base: str, overrides: Mapping[str, Any]) -> str:
     slug = re.sub(r"[^A-Za-z0-9._=+,-]+", "", slug)[:60]
     return f"{base}--{slug}-{params_hash(dict(overrides))[:8]}"
 
-# %% ../nbs/05_runner.ipynb #06ad89db
+# %% ../nbs/05_runner.ipynb #e9c20a0d
 @dataclass
 class NotebookRun:
     "One notebook of a stage, with the parameters it will get."
@@ -110,9 +110,13 @@ class NotebookRun:
     def marker(self) -> Path: return self.out_dir/".done"/f"{self.notebook.stem}.json"
     @property
     def executed(self) -> Path: return self.out_dir/self.notebook.name
+    def fingerprint(self) -> str:
+        "Hash of the parameters and of the notebook's own text (an edited notebook reruns)."
+        import hashlib
+        return params_hash({**self.params, "_notebook_sha256": hashlib.sha256(self.notebook.read_bytes()).hexdigest()})
     def is_done(self) -> bool:
-        "Whether this notebook already ran to the end with these parameters."
-        try: return self.executed.exists() and json.loads(self.marker.read_text())["params_hash"] == params_hash(self.params)
+        "Whether this notebook already ran to the end with these parameters and this notebook text."
+        try: return self.executed.exists() and json.loads(self.marker.read_text())["fingerprint"] == self.fingerprint()
         except (OSError, KeyError, json.JSONDecodeError): return False
 
 def plan_runs(preset: Preset, stages: Sequence[str] | None = None, overrides: Mapping[str, Any] | None = None,
@@ -140,7 +144,7 @@ def plan_runs(preset: Preset, stages: Sequence[str] | None = None, overrides: Ma
             runs.append(NotebookRun(s, nb_dir/nb, out, params))
     return runs
 
-# %% ../nbs/05_runner.ipynb #1e247647
+# %% ../nbs/05_runner.ipynb #be6f8c76
 class _Collect(logging.Handler):
     def __init__(self): super().__init__(logging.WARNING); self.records = []
     def emit(self, record): self.records.append(record.getMessage())
@@ -173,7 +177,7 @@ def execute_run(run: NotebookRun, force: bool = False, progress: bool = True) ->
         pm_log.removeHandler(handler)
         if old_force is None: os.environ.pop("RANDSAE_FORCE", None)
         else: os.environ["RANDSAE_FORCE"] = old_force
-    write_json(run.marker, {"params_hash": params_hash(run.params), "params": run.params, "seconds": round(time.perf_counter() - t0, 1),
+    write_json(run.marker, {"fingerprint": run.fingerprint(), "params": run.params, "seconds": round(time.perf_counter() - t0, 1),
                             "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
     return True
 
