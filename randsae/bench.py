@@ -7,7 +7,7 @@ Docs: https://randsae.github.io/randsae/bench.html.md"""
 # %% auto #0
 __all__ = ['best_time', 'matmul_flops_per_s', 'bench_sharkey', 'train_one_conventional', 'bench_sweep', 'bench_toy']
 
-# %% ../nbs/07_bench.ipynb #dc54bd60
+# %% ../nbs/07_bench.ipynb #ebe9b7ea
 import time
 from typing import Callable
 
@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from .toy import sharkey_data, sharkey_data_loop
 from .dictionary import SweepConfig, ToySAE, normalize_decoder_, sae_loss, train_sweep
 
-# %% ../nbs/07_bench.ipynb #f48e8e41
+# %% ../nbs/07_bench.ipynb #7c98830c
 def best_time(fn: Callable[[], object], repeats: int = 3) -> float:
     "Fastest wall time of `repeats` calls of `fn`, in seconds."
     times = []
@@ -30,7 +30,7 @@ def matmul_flops_per_s(n: int = 2048, repeats: int = 5) -> float:
     a, b = torch.randn(n, n), torch.randn(n, n); a @ b
     return 2 * n**3 / best_time(lambda: a @ b, repeats)
 
-# %% ../nbs/07_bench.ipynb #f2b918c6
+# %% ../nbs/07_bench.ipynb #3f8d4bc5
 def bench_sharkey(n_samples: int = 10_000, repeats: int = 3) -> dict[str, float]:
     "Speed of the vectorised Sharkey generator against the Fig 12 loop and against its floor."
     eps, a = torch.randn(n_samples, 512), torch.randn(512, 512)
@@ -46,7 +46,7 @@ def bench_sharkey(n_samples: int = 10_000, repeats: int = 3) -> dict[str, float]
             "sharkey_freq_profile_max_rel_diff": ((prof_vec - prof_ref).abs() / prof_ref).max().item(),
             "sharkey_loop_s": loop, "sharkey_vectorised_s": fast, "sharkey_floor_s": floor}
 
-# %% ../nbs/07_bench.ipynb #4ff0b5ed
+# %% ../nbs/07_bench.ipynb #4034302f
 def train_one_conventional(x: torch.Tensor, n_latents: int, l1_coefficient: float, seed: int, n_epochs: int, batch_size: int, lr: float = 1e-3,
                            mse_reduction: str = "sum_dims") -> ToySAE:
     "Train one SAE the conventional way (module + shuffled DataLoader + Adam), for the baseline."
@@ -79,5 +79,7 @@ def bench_sweep(n_inputs: int = 256, n_latents: int = 1024, n_seeds: int = 3, n_
             "sweep_s_per_sae": per_sae_batched, "conventional_s_per_sae": per_sae_conventional}
 
 def bench_toy() -> dict[str, float]:
-    "All toy benchmarks, measured in one run."
-    return {"torch_threads": torch.get_num_threads(), **bench_sharkey(), **bench_sweep()}
+    "All toy benchmarks, measured in one run: the toy sweep's size (d=256, m=1024) and the GloVe-50d sweep's (d=50, m=200)."
+    glove = bench_sweep(n_inputs=50, n_latents=200, n_seeds=1, n_coefficients=7, n_samples=20_000, n_conventional=3)
+    return {"torch_threads": torch.get_num_threads(), **bench_sharkey(), **bench_sweep(),
+            "sweep_vs_one_at_a_time_glove50": glove["sweep_vs_one_at_a_time"], "sweep_matmul_fraction_glove50": glove["sweep_matmul_fraction"]}

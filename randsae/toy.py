@@ -9,7 +9,7 @@ __all__ = ['CovarianceKind', 'check_positive_int', 'check_range', 'LomaxData', '
            'lomax_panels', 'SharkeyData', 'sharkey_data', 'sharkey_data_loop', 'sharkey_statistics',
            'feature_frequencies', 'gaussian_control']
 
-# %% ../nbs/01_toy.ipynb #bd5187f7
+# %% ../nbs/01_toy.ipynb #99571793
 import math
 from dataclasses import dataclass
 from typing import Literal
@@ -20,7 +20,7 @@ from torch.distributions import MultivariateNormal, Normal
 
 from .config import get_device
 
-# %% ../nbs/01_toy.ipynb #a06f5275
+# %% ../nbs/01_toy.ipynb #d0650b22
 def check_positive_int(name: str, value) -> int:
     "Return `value` if it is an int >= 1, else raise a `ValueError` naming `name`."
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -35,7 +35,7 @@ def check_range(name: str, value, lo: float, hi: float = math.inf, lo_open: bool
         raise ValueError(f"{name} must be in {lb}{lo}, {hi}], got {value!r}")
     return float(value)
 
-# %% ../nbs/01_toy.ipynb #9cd034e7
+# %% ../nbs/01_toy.ipynb #f92405c5
 @dataclass
 class LomaxData:
     "Sparse Lomax features `z` projected to dense `x = z @ projection.T (+ noise)`."
@@ -56,7 +56,7 @@ def lomax_data(n_samples: int = 10_000, n_sparse: int = 3, n_dense: int = 2, alp
     if noise_std: x = x + noise_std * torch.randn(x.shape, generator=g)
     return LomaxData(z=z, x=x, projection=projection)
 
-# %% ../nbs/01_toy.ipynb #42912750
+# %% ../nbs/01_toy.ipynb #e3800b3e
 def random_mlp(n_inputs: int, hidden_multiplier: int = 4, *, seed: int = 0) -> nn.Sequential:
     "An untrained `n_inputs -> hidden_multiplier*n_inputs -> ReLU -> n_inputs` MLP with PyTorch's default init, seeded."
     check_positive_int("n_inputs", n_inputs); check_positive_int("hidden_multiplier", hidden_multiplier)
@@ -71,14 +71,14 @@ def mlp_outputs(x: Tensor, mlp: nn.Module, batch_size: int = 65_536) -> Tensor:
     p = next(mlp.parameters())
     return torch.cat([mlp(x[i:i + batch_size].to(p)) for i in range(0, len(x), batch_size)])
 
-# %% ../nbs/01_toy.ipynb #92d524c2
+# %% ../nbs/01_toy.ipynb #161e4d41
 def lomax_panels(data: LomaxData, mlp: nn.Module) -> dict[str, Tensor]:
     "The four point clouds of Fig 4: dense inputs, sparse view of the inputs, sparse view of the outputs, dense outputs."
     y = mlp_outputs(data.x, mlp); pinv = torch.linalg.pinv(data.projection)
     return {"a_superposed_inputs": data.x, "b_mlp_inputs_sparse_view": data.x @ pinv.T,
             "c_mlp_outputs_sparse_view": y @ pinv.T, "d_superposed_outputs": y}
 
-# %% ../nbs/01_toy.ipynb #d92f9e14
+# %% ../nbs/01_toy.ipynb #0c790ffd
 CovarianceKind = Literal["raw", "correlation"]
 
 @dataclass
@@ -102,18 +102,17 @@ def sharkey_data(n_samples: int, n_inputs: int = 256, n_features: int = 512, avg
     features = torch.randn(n_inputs, n_features, generator=g, device=dev)
     features /= features.norm(dim=0, keepdim=True)
     a = torch.randn(n_features, n_features, generator=g, device=dev)
-    alpha = torch.randn(n_samples, n_features, generator=g, device=dev) @ a.T   # ~ N(0, A Aᵀ)
-    if covariance == "correlation": alpha /= a.norm(dim=1)                     # unit variances
-    p = torch.special.ndtr(alpha)
+    if covariance == "correlation": a /= a.norm(dim=1, keepdim=True)   # rows of unit norm: Σ = AAᵀ has a unit diagonal
+    p = torch.special.ndtr(torch.randn(n_samples, n_features, generator=g, device=dev) @ a.T)   # Φ(α), α ~ N(0, AAᵀ)
     p.pow_(lambda_decay * torch.arange(n_features, device=dev, dtype=p.dtype))
-    p.mul_(avg_active / (n_features * p.mean(dim=1, keepdim=True))).clamp_(0, 1)
-    rows, cols = (torch.rand(p.shape, generator=g, device=dev) < p).nonzero(as_tuple=True)
-    values = torch.rand(len(rows), generator=g, device=dev)
-    coefficients = torch.zeros_like(p).index_put_((rows, cols), values)
-    x = torch.zeros(n_samples, n_inputs, device=dev).index_add_(0, rows, values[:, None] * features.T[cols])
+    p.mul_(avg_active / (n_features * p.mean(dim=1, keepdim=True))).clamp_(max=1)
+    u = torch.rand(p.shape, generator=g, device=dev)
+    active = u < p
+    coefficients = u.div_(p).masked_fill_(~active, 0.0)   # given u < p, u/p is U[0,1) and independent of the trial
+    x = coefficients @ features.T
     return SharkeyData(x=x, features=features, coefficients=coefficients)
 
-# %% ../nbs/01_toy.ipynb #290cba34
+# %% ../nbs/01_toy.ipynb #5e4b8629
 def sharkey_data_loop(n_samples: int, n_inputs: int = 256, n_features: int = 512, avg_active: float = 5.0,
                       lambda_decay: float = 0.99, *, seed: int = 0) -> SharkeyData:
     "The per-sample loop of the paper's Fig 12 (slow; reference for tests and benchmarks)."
@@ -136,7 +135,7 @@ def sharkey_data_loop(n_samples: int, n_inputs: int = 256, n_features: int = 512
             samples.append(coef @ features.T); coefs.append(coef)
     return SharkeyData(x=torch.stack(samples), features=features, coefficients=torch.stack(coefs))
 
-# %% ../nbs/01_toy.ipynb #f01832ca
+# %% ../nbs/01_toy.ipynb #4b319edf
 def sharkey_statistics(data: SharkeyData) -> dict[str, float]:
     "Summary numbers of a Sharkey dataset: mean/std active features per sample, dead features, share of firing in the first 10% of features."
     active = data.coefficients > 0; n = active.shape[1]
@@ -148,7 +147,7 @@ def feature_frequencies(data: SharkeyData) -> Tensor:
     "Per-feature firing frequency (fraction of samples in which each feature is active)."
     return (data.coefficients > 0).float().mean(0)
 
-# %% ../nbs/01_toy.ipynb #2e6e69d0
+# %% ../nbs/01_toy.ipynb #075cfc49
 def gaussian_control(x: Tensor, *, match: Literal["per_dimension", "scalar"] = "per_dimension", seed: int = 0) -> Tensor:
     "IID Gaussian samples with the same shape as `x` and its mean and standard deviation (per dimension or scalar)."
     if x.ndim != 2: raise ValueError(f"x must be 2-D (samples, dims), got shape {tuple(x.shape)}")
