@@ -7,13 +7,13 @@ Docs: https://randsae.github.io/randsae/cli.html.md"""
 # %% auto #0
 __all__ = ['build_parser', 'main']
 
-# %% ../nbs/06_cli.ipynb #ab88b830
+# %% ../nbs/06_cli.ipynb #5bec502c
 import argparse, json, logging, os, sys
 from typing import Sequence
 
 from .config import PRESETS, STAGES, experiments_dir, get_preset
 
-# %% ../nbs/06_cli.ipynb #c16199f6
+# %% ../nbs/06_cli.ipynb #28c99c08
 def build_parser() -> argparse.ArgumentParser:
     "The argument parser of the `randsae` command."
     p = argparse.ArgumentParser(prog="randsae", description="Reproduce 'Sparse Autoencoders Can Interpret Randomly Initialized Transformers'.")
@@ -30,10 +30,10 @@ def build_parser() -> argparse.ArgumentParser:
     pa = sub.add_parser("params", help="list the parameters of the experiment notebooks")
     pa.add_argument("--stages", default=None, help="comma-separated stages (default: all)")
     b = sub.add_parser("bench", help="run a benchmark and print `name: value` lines")
-    b.add_argument("what", choices=["toy"], help="which benchmark")
+    b.add_argument("what", choices=["toy", "sae"], help="which benchmark")
     return p
 
-# %% ../nbs/06_cli.ipynb #7270efd9
+# %% ../nbs/06_cli.ipynb #c068c466
 def _stages(text: str | None) -> list[str] | None:
     return [s.strip() for s in text.split(",") if s.strip()] if text else None
 
@@ -71,9 +71,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                 for s, sr in p.stages.items(): print(f"  {s} -> outputs/{sr.out_name}/  ({STAGES[s].description})")
             return 0
         if args.command == "bench":
-            from randsae.bench import bench_toy
-            for k, v in bench_toy().items(): print(f"{k}: {v:.4g}" if isinstance(v, float) else f"{k}: {v}")
+            from randsae import bench
+            for k, v in getattr(bench, f"bench_{args.what}")().items(): print(f"{k}: {v:.4g}" if isinstance(v, float) else f"{k}: {v}")
             return 0
     except (ValueError, FileNotFoundError) as e:
         print(f"randsae: error: {e}", file=sys.stderr); return 2
+    except RuntimeError as e:   # a notebook failed (NotebookFailed) or papermill warned
+        print(f"randsae: error: {e}", file=sys.stderr); return 1
     return 1

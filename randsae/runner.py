@@ -6,9 +6,9 @@ Docs: https://randsae.github.io/randsae/runner.html.md"""
 
 # %% auto #0
 __all__ = ['log', 'notebook_parameters', 'parse_value', 'parse_set', 'load_params_file', 'check_overrides', 'run_dir_name',
-           'NotebookRun', 'plan_runs', 'provenance', 'execute_run', 'reproduce']
+           'NotebookRun', 'plan_runs', 'NotebookFailed', 'provenance', 'execute_run', 'reproduce']
 
-# %% ../nbs/05_runner.ipynb #d4c9414f
+# %% ../nbs/05_runner.ipynb #4112d322
 import ast, json, logging, os, platform, re, subprocess, sys, time
 from dataclasses import dataclass
 from importlib import metadata
@@ -22,7 +22,7 @@ from .config import (STAGES, Preset, atomic_path, experiments_dir, get_preset, o
 
 log = logging.getLogger(__name__)
 
-# %% ../nbs/05_runner.ipynb #10736ba2
+# %% ../nbs/05_runner.ipynb #afe664f2
 def notebook_parameters(path: str | Path) -> dict[str, Any]:
     "Names and default values declared in the `parameters` cell of the notebook at `path`."
     path = Path(path); nb = nbformat.read(path, as_version=4)
@@ -48,7 +48,7 @@ def _check_papermill_parses(path: Path, source: str, params: Mapping[str, Any]) 
     lost = [n for n in params if n not in seen]
     if lost: raise ValueError(f"{path.name}: papermill cannot parse the parameter line(s) of {lost} (no '=' inside comments, please)")
 
-# %% ../nbs/05_runner.ipynb #47abc7ba
+# %% ../nbs/05_runner.ipynb #34bbca04
 def parse_value(text: str) -> Any:
     "Parse an override value: a Python literal, else YAML, else the string itself."
     try: return ast.literal_eval(text)
@@ -89,7 +89,7 @@ def check_overrides(overrides: Mapping[str, Any], declared: Mapping[str, Mapping
         if not _type_ok(known[name], value):
             raise ValueError(f"parameter {name!r} expects {type(known[name]).__name__} (default {known[name]!r}), got {type(value).__name__} {value!r}")
 
-# %% ../nbs/05_runner.ipynb #b1f9a67e
+# %% ../nbs/05_runner.ipynb #0de96dbd
 def run_dir_name(base: str, overrides: Mapping[str, Any]) -> str:
     "Output folder name for `base` with `overrides` (just `base` when there are none)."
     if not overrides: return base
@@ -97,7 +97,7 @@ def run_dir_name(base: str, overrides: Mapping[str, Any]) -> str:
     slug = re.sub(r"[^A-Za-z0-9._=+,-]+", "", slug)[:60]
     return f"{base}--{slug}-{params_hash(dict(overrides))[:8]}"
 
-# %% ../nbs/05_runner.ipynb #e9c20a0d
+# %% ../nbs/05_runner.ipynb #d7fe6b51
 @dataclass
 class NotebookRun:
     "One notebook of a stage, with the parameters it will get."
@@ -144,10 +144,13 @@ def plan_runs(preset: Preset, stages: Sequence[str] | None = None, overrides: Ma
             runs.append(NotebookRun(s, nb_dir/nb, out, params))
     return runs
 
-# %% ../nbs/05_runner.ipynb #be6f8c76
+# %% ../nbs/05_runner.ipynb #e6e80b49
 class _Collect(logging.Handler):
     def __init__(self): super().__init__(logging.WARNING); self.records = []
     def emit(self, record): self.records.append(record.getMessage())
+
+class NotebookFailed(RuntimeError):
+    "An experiment notebook raised; the message names the notebook, the error, and where its executed part is."
 
 def provenance() -> dict[str, Any]:
     "Git commit, python, platform and versions of the key packages, for `run.json`."
@@ -168,16 +171,23 @@ def execute_run(run: NotebookRun, force: bool = False, progress: bool = True) ->
     handler = _Collect(); pm_log = logging.getLogger("papermill"); pm_log.addHandler(handler)
     t0 = time.perf_counter(); old_force = os.environ.get("RANDSAE_FORCE")
     if force: os.environ["RANDSAE_FORCE"] = "1"   # the kernel inherits it: cached sweeps are recomputed too
+    failed = run.out_dir/f"{run.notebook.stem}.failed.ipynb"
+    fingerprint = run.fingerprint()   # of the notebook text as it is now, before it runs (it may be edited meanwhile)
     try:
         with atomic_path(run.executed) as tmp:
-            pm.execute_notebook(str(run.notebook), str(tmp), parameters=run.params, kernel_name="python3",
-                                cwd=str(run.notebook.parent), progress_bar=progress, report_mode=False, language="python")
+            try:
+                pm.execute_notebook(str(run.notebook), str(tmp), parameters=run.params, kernel_name="python3",
+                                    cwd=str(run.notebook.parent), progress_bar=progress, report_mode=False, language="python")
+            except pm.PapermillExecutionError as e:
+                if tmp.exists(): os.replace(tmp, failed)   # keep the partly executed notebook for the reader
+                raise NotebookFailed(f"{run.notebook.name} failed: {e.ename}: {e.evalue} (the executed part is in {failed})") from e
             if handler.records: raise RuntimeError(f"papermill warned while running {run.notebook.name}: {handler.records}")
+        failed.unlink(missing_ok=True)
     finally:
         pm_log.removeHandler(handler)
         if old_force is None: os.environ.pop("RANDSAE_FORCE", None)
         else: os.environ["RANDSAE_FORCE"] = old_force
-    write_json(run.marker, {"fingerprint": run.fingerprint(), "params": run.params, "seconds": round(time.perf_counter() - t0, 1),
+    write_json(run.marker, {"fingerprint": fingerprint, "params": run.params, "seconds": round(time.perf_counter() - t0, 1),
                             "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
     return True
 

@@ -6,7 +6,8 @@ from conftest import run_cli
 
 @pytest.mark.parametrize("args, message", [
     (["reproduce", "--preset", "gpt5"], "unknown preset 'gpt5'"),
-    (["reproduce", "--preset", "tiny", "--stages", "toy,sae"], "unknown stage(s) ['sae']"),
+    (["reproduce", "--preset", "tiny", "--stages", "toy,interp"], "unknown stage(s) ['interp']"),
+    (["reproduce", "--preset", "toy-paper", "--stages", "sae"], "unknown stage(s) ['sae'] for preset 'toy-paper'"),
     (["reproduce", "--set", "n_epochz=3"], "unknown parameter(s) ['n_epochz']"),
     (["reproduce", "--set", "n_epochs=many"], "parameter 'n_epochs' expects int"),
     (["reproduce", "--set", "l1_coefficients=0.1"], "parameter 'l1_coefficients' expects list"),
