@@ -9,7 +9,7 @@ __all__ = ['PACKAGE_ROOT', 'STAGES', 'TOY_DEFAULT', 'TOY_PAPER', 'TINY_SAE', 'PR
            'experiments_dir', 'get_device', 'seed_everything', 'atomic_path', 'write_json', 'write_table',
            'params_hash', 'cached_table', 'Stage', 'StageRun', 'Preset', 'pythia_sae', 'get_preset']
 
-# %% ../nbs/00_config.ipynb #183a8b5e
+# %% ../nbs/00_config.ipynb #d520e8b0
 import hashlib, json, os, random, tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-# %% ../nbs/00_config.ipynb #e7c829ee
+# %% ../nbs/00_config.ipynb #6da5101c
 PACKAGE_ROOT = Path(__file__).resolve().parent if "__file__" in globals() else Path.cwd()
 
 def project_root() -> Path:
@@ -37,7 +37,7 @@ def experiments_dir() -> Path:
     "The parameterised experiment notebooks that `randsae reproduce` executes."
     return project_root()/"nbs"/"experiments"
 
-# %% ../nbs/00_config.ipynb #ded707e7
+# %% ../nbs/00_config.ipynb #5226ba3d
 def get_device(device: str | torch.device | None = None) -> torch.device:
     "`device` if given, else `cuda` when available, else `cpu` (never MPS by default)."
     if device is not None: return torch.device(device)
@@ -49,7 +49,7 @@ def seed_everything(seed: int) -> torch.Generator:
     random.seed(seed); np.random.seed(seed % 2**32); torch.manual_seed(seed)
     return torch.Generator().manual_seed(seed)
 
-# %% ../nbs/00_config.ipynb #ce8e72ff
+# %% ../nbs/00_config.ipynb #7f06488e
 @contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     "Yield a temporary path beside `path`; on success rename it onto `path`, on error delete it."
@@ -76,7 +76,7 @@ def write_table(df: pd.DataFrame, path: str | Path) -> Path:
     with atomic_path(path.with_suffix(".csv")) as tmp: df.to_csv(tmp, index=False)
     return path
 
-# %% ../nbs/00_config.ipynb #e996ebb5
+# %% ../nbs/00_config.ipynb #1e2cab2c
 def params_hash(params: Mapping[str, Any]) -> str:
     "A short stable hash of a JSON-able parameter mapping."
     return hashlib.sha256(json.dumps(params, sort_keys=True, default=str).encode()).hexdigest()[:16]
@@ -94,7 +94,7 @@ def cached_table(path: str | Path, params: Mapping[str, Any], compute: Callable[
     write_table(df, path); write_json(meta, {"hash": key, "params": dict(params)})
     return df
 
-# %% ../nbs/00_config.ipynb #ae4d6b29
+# %% ../nbs/00_config.ipynb #aaea4ec0
 @dataclass(frozen=True)
 class Stage:
     "A named group of experiment notebooks executed together."
@@ -126,7 +126,7 @@ class Preset:
         unknown = [s for s in self.stages if s not in STAGES]
         if unknown: raise ValueError(f"Preset {self.name!r}: unknown stage(s) {unknown}; known stages: {list(STAGES)}")
 
-# %% ../nbs/00_config.ipynb #3dcd125f
+# %% ../nbs/00_config.ipynb #7b8519c7
 _TOY_COMMON = dict(n_samples=10_000, n_inputs=256, n_features=512, avg_active=5.0, lambda_decay=0.99, covariance="raw",
                    n_latents=1024, lomax_n_samples=10_000, glove_dims=[50], glove_latent_multipliers=[4, 16], glove_batch_size=256)
 TOY_DEFAULT = dict(_TOY_COMMON, n_seeds=3, l1_coefficients=[1e-3, 1e-2, 3e-2, 0.1, 0.3, 1.0, 10.0, 100.0], n_epochs=10,
@@ -136,10 +136,11 @@ TOY_PAPER = dict(_TOY_COMMON, n_seeds=10, l1_coefficients=[1e-3, 3e-3, 1e-2, 3e-
                  batch_size=256, mmcs_latent_counts=[256, 512, 1024],
                  glove_n_words=400_000, glove_n_epochs=100, glove_l1_coefficients=[1e-3, 3e-3, 1e-2, 3e-2, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0])
 
-# %% ../nbs/00_config.ipynb #0d247bdd
+# %% ../nbs/00_config.ipynb #e2a4b56c
 TINY_SAE = dict(subject="tiny", vocab_size=4096, ctx_len=128, subject_hidden_size=128, subject_n_layers=4, subject_n_heads=4,
                 subject_intermediate_size=512, subject_batch_size=32, subject_max_tokens=1_500_000, subject_lr=3e-3,
-                sae_expansion_factor=16, sae_k=32, sae_n_tokens=500_000, sae_batch_size=32, heldout_max_tokens=65_536)
+                sae_expansion_factor=16, sae_k=32, sae_n_tokens=500_000, sae_batch_size=32, heldout_max_tokens=65_536,
+                embedding_n_epochs=50, embedding_l1_coefficients=[1e-3, 1e-2, 0.1, 0.3, 1.0, 10.0])
 
 def pythia_sae(size: str) -> dict[str, Any]:
     "Parameters of the `sae` stage for Pythia-`size` (the paper's settings)."
