@@ -8,7 +8,7 @@ Docs: https://randsae.github.io/randsae/runner.html.md"""
 __all__ = ['log', 'notebook_parameters', 'parse_value', 'parse_set', 'load_params_file', 'check_overrides', 'run_dir_name',
            'NotebookRun', 'plan_runs', 'NotebookFailed', 'provenance', 'execute_run', 'reproduce']
 
-# %% ../nbs/05_runner.ipynb #4112d322
+# %% ../nbs/05_runner.ipynb #b1b2700c
 import ast, json, logging, os, platform, re, subprocess, sys, time
 from dataclasses import dataclass
 from importlib import metadata
@@ -22,7 +22,7 @@ from .config import (STAGES, Preset, atomic_path, experiments_dir, get_preset, o
 
 log = logging.getLogger(__name__)
 
-# %% ../nbs/05_runner.ipynb #afe664f2
+# %% ../nbs/05_runner.ipynb #76b6fe65
 def notebook_parameters(path: str | Path) -> dict[str, Any]:
     "Names and default values declared in the `parameters` cell of the notebook at `path`."
     path = Path(path); nb = nbformat.read(path, as_version=4)
@@ -48,7 +48,7 @@ def _check_papermill_parses(path: Path, source: str, params: Mapping[str, Any]) 
     lost = [n for n in params if n not in seen]
     if lost: raise ValueError(f"{path.name}: papermill cannot parse the parameter line(s) of {lost} (no '=' inside comments, please)")
 
-# %% ../nbs/05_runner.ipynb #34bbca04
+# %% ../nbs/05_runner.ipynb #49453ced
 def parse_value(text: str) -> Any:
     "Parse an override value: a Python literal, else YAML, else the string itself."
     try: return ast.literal_eval(text)
@@ -89,7 +89,7 @@ def check_overrides(overrides: Mapping[str, Any], declared: Mapping[str, Mapping
         if not _type_ok(known[name], value):
             raise ValueError(f"parameter {name!r} expects {type(known[name]).__name__} (default {known[name]!r}), got {type(value).__name__} {value!r}")
 
-# %% ../nbs/05_runner.ipynb #0de96dbd
+# %% ../nbs/05_runner.ipynb #9d10c15a
 def run_dir_name(base: str, overrides: Mapping[str, Any]) -> str:
     "Output folder name for `base` with `overrides` (just `base` when there are none)."
     if not overrides: return base
@@ -97,7 +97,7 @@ def run_dir_name(base: str, overrides: Mapping[str, Any]) -> str:
     slug = re.sub(r"[^A-Za-z0-9._=+,-]+", "", slug)[:60]
     return f"{base}--{slug}-{params_hash(dict(overrides))[:8]}"
 
-# %% ../nbs/05_runner.ipynb #d7fe6b51
+# %% ../nbs/05_runner.ipynb #9e9415ba
 @dataclass
 class NotebookRun:
     "One notebook of a stage, with the parameters it will get."
@@ -113,7 +113,8 @@ class NotebookRun:
     def fingerprint(self) -> str:
         "Hash of the parameters and of the notebook's own text (an edited notebook reruns)."
         import hashlib
-        return params_hash({**self.params, "_notebook_sha256": hashlib.sha256(self.notebook.read_bytes()).hexdigest()})
+        params = {k: v for k, v in self.params.items() if k != "out_dir"}   # a moved outputs/ tree stays valid
+        return params_hash({**params, "_notebook_sha256": hashlib.sha256(self.notebook.read_bytes()).hexdigest()})
     def is_done(self) -> bool:
         "Whether this notebook already ran to the end with these parameters and this notebook text."
         try: return self.executed.exists() and json.loads(self.marker.read_text())["fingerprint"] == self.fingerprint()
@@ -144,7 +145,7 @@ def plan_runs(preset: Preset, stages: Sequence[str] | None = None, overrides: Ma
             runs.append(NotebookRun(s, nb_dir/nb, out, params))
     return runs
 
-# %% ../nbs/05_runner.ipynb #e6e80b49
+# %% ../nbs/05_runner.ipynb #8b8bb73e
 class _Collect(logging.Handler):
     def __init__(self): super().__init__(logging.WARNING); self.records = []
     def emit(self, record): self.records.append(record.getMessage())
