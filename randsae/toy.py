@@ -9,7 +9,7 @@ __all__ = ['CovarianceKind', 'check_positive_int', 'check_range', 'LomaxData', '
            'lomax_panels', 'SharkeyData', 'sharkey_data', 'sharkey_data_loop', 'sharkey_statistics',
            'feature_frequencies', 'gaussian_control']
 
-# %% ../nbs/01_toy.ipynb #99571793
+# %% ../nbs/01_toy.ipynb #8724bd2d
 import math
 from dataclasses import dataclass
 from typing import Literal
@@ -20,7 +20,7 @@ from torch.distributions import MultivariateNormal, Normal
 
 from .config import get_device
 
-# %% ../nbs/01_toy.ipynb #d0650b22
+# %% ../nbs/01_toy.ipynb #87fcef8a
 def check_positive_int(name: str, value) -> int:
     "Return `value` if it is an int >= 1, else raise a `ValueError` naming `name`."
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -35,7 +35,7 @@ def check_range(name: str, value, lo: float, hi: float = math.inf, lo_open: bool
         raise ValueError(f"{name} must be in {lb}{lo}, {hi}], got {value!r}")
     return float(value)
 
-# %% ../nbs/01_toy.ipynb #f92405c5
+# %% ../nbs/01_toy.ipynb #ed2a4690
 @dataclass
 class LomaxData:
     "Sparse Lomax features `z` projected to dense `x = z @ projection.T (+ noise)`."
@@ -56,7 +56,7 @@ def lomax_data(n_samples: int = 10_000, n_sparse: int = 3, n_dense: int = 2, alp
     if noise_std: x = x + noise_std * torch.randn(x.shape, generator=g)
     return LomaxData(z=z, x=x, projection=projection)
 
-# %% ../nbs/01_toy.ipynb #e3800b3e
+# %% ../nbs/01_toy.ipynb #5a24bf8d
 def random_mlp(n_inputs: int, hidden_multiplier: int = 4, *, seed: int = 0) -> nn.Sequential:
     "An untrained `n_inputs -> hidden_multiplier*n_inputs -> ReLU -> n_inputs` MLP with PyTorch's default init, seeded."
     check_positive_int("n_inputs", n_inputs); check_positive_int("hidden_multiplier", hidden_multiplier)
@@ -71,14 +71,14 @@ def mlp_outputs(x: Tensor, mlp: nn.Module, batch_size: int = 65_536) -> Tensor:
     p = next(mlp.parameters())
     return torch.cat([mlp(x[i:i + batch_size].to(p)) for i in range(0, len(x), batch_size)])
 
-# %% ../nbs/01_toy.ipynb #161e4d41
+# %% ../nbs/01_toy.ipynb #eb90f194
 def lomax_panels(data: LomaxData, mlp: nn.Module) -> dict[str, Tensor]:
     "The four point clouds of Fig 4: dense inputs, sparse view of the inputs, sparse view of the outputs, dense outputs."
     y = mlp_outputs(data.x, mlp); pinv = torch.linalg.pinv(data.projection)
     return {"a_superposed_inputs": data.x, "b_mlp_inputs_sparse_view": data.x @ pinv.T,
             "c_mlp_outputs_sparse_view": y @ pinv.T, "d_superposed_outputs": y}
 
-# %% ../nbs/01_toy.ipynb #0c790ffd
+# %% ../nbs/01_toy.ipynb #dbd66fb8
 CovarianceKind = Literal["raw", "correlation"]
 
 @dataclass
@@ -93,26 +93,52 @@ def _check_sharkey(n_samples, n_inputs, n_features, avg_active, lambda_decay, co
     check_range("avg_active", avg_active, 0, n_features, lo_open=True); check_range("lambda_decay", lambda_decay, 0)
     if covariance not in ("raw", "correlation"): raise ValueError(f"covariance must be 'raw' or 'correlation', got {covariance!r}")
 
+_RNG_BLOCKS = 8   # fixed, so the numbers do not depend on the thread count
+_POOL = None
+
+def _uniform(shape: tuple[int, int], seed: int, stream: int, device: torch.device) -> Tensor:
+    "U[0,1) float32 of `shape`: numpy PCG64 in fixed row blocks filled by a thread pool on CPU, torch's generator elsewhere."
+    global _POOL
+    if device.type != "cpu":
+        return torch.rand(shape, generator=torch.Generator(device).manual_seed(seed * 1_000_003 + stream), device=device)
+    import numpy as np
+    from concurrent.futures import ThreadPoolExecutor
+    if _POOL is None: _POOL = ThreadPoolExecutor(max(1, torch.get_num_threads()))
+    out = np.empty(shape, dtype=np.float32); blocks = np.array_split(out, _RNG_BLOCKS)
+    def fill(i): np.random.Generator(np.random.PCG64([seed, stream, i])).random(out=blocks[i], dtype=np.float32)
+    list(_POOL.map(fill, range(_RNG_BLOCKS)))
+    return torch.from_numpy(out)
+
+def _normal(shape: tuple[int, int], seed: int, stream: int, device: torch.device) -> Tensor:
+    "N(0,1) float32 of `shape` by Box-Muller on `_uniform` (1 - u keeps the log finite; tails cut beyond 5.8σ, p ≈ 7e-9)."
+    n = shape[0] * shape[1]; half = (n + 1) // 2
+    u = _uniform((2, half), seed, stream, device)
+    r = torch.log1p(u[0].neg_()).mul_(-2).sqrt_(); theta = u[1].mul_(2 * math.pi)
+    return torch.cat([r * torch.cos(theta), r.mul_(theta.sin_())])[:n].view(shape)
+
+# %% ../nbs/01_toy.ipynb #7bd884d0
 def sharkey_data(n_samples: int, n_inputs: int = 256, n_features: int = 512, avg_active: float = 5.0,
                  lambda_decay: float = 0.99, *, seed: int = 0, covariance: CovarianceKind = "raw",
                  device: str | torch.device | None = "cpu") -> SharkeyData:
     "Vectorised Sharkey et al. data (paper Fig 12); `covariance='correlation'` normalises Σ to a correlation matrix."
     _check_sharkey(n_samples, n_inputs, n_features, avg_active, lambda_decay, covariance)
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0: raise ValueError(f"seed must be a non-negative int, got {seed!r}")
     dev = get_device(device); g = torch.Generator(dev).manual_seed(seed)
     features = torch.randn(n_inputs, n_features, generator=g, device=dev)
     features /= features.norm(dim=0, keepdim=True)
     a = torch.randn(n_features, n_features, generator=g, device=dev)
     if covariance == "correlation": a /= a.norm(dim=1, keepdim=True)   # rows of unit norm: Σ = AAᵀ has a unit diagonal
-    p = torch.special.ndtr(torch.randn(n_samples, n_features, generator=g, device=dev) @ a.T)   # Φ(α), α ~ N(0, AAᵀ)
+    p = _normal((n_samples, n_features), seed, 1, dev) @ a.T   # α ~ N(0, AAᵀ)
+    torch.special.ndtr(p, out=p)                                 # Φ(α)
     p.pow_(lambda_decay * torch.arange(n_features, device=dev, dtype=p.dtype))
     p.mul_(avg_active / (n_features * p.mean(dim=1, keepdim=True))).clamp_(max=1)
-    u = torch.rand(p.shape, generator=g, device=dev)
-    active = u < p
-    coefficients = u.div_(p).masked_fill_(~active, 0.0)   # given u < p, u/p is U[0,1) and independent of the trial
+    # One uniform u per entry: the trial is u < p, and given success u / p is U[0,1) and independent of it.
+    # u / p < 1 exactly when u < p (p = 0 gives inf or nan, dropped too), so a threshold keeps the successes.
+    coefficients = torch.nn.functional.threshold_(_uniform(p.shape, seed, 2, dev).div_(p).neg_(), -1.0, 0.0).neg_()
     x = coefficients @ features.T
     return SharkeyData(x=x, features=features, coefficients=coefficients)
 
-# %% ../nbs/01_toy.ipynb #5e4b8629
+# %% ../nbs/01_toy.ipynb #8fa554f5
 def sharkey_data_loop(n_samples: int, n_inputs: int = 256, n_features: int = 512, avg_active: float = 5.0,
                       lambda_decay: float = 0.99, *, seed: int = 0) -> SharkeyData:
     "The per-sample loop of the paper's Fig 12 (slow; reference for tests and benchmarks)."
@@ -135,7 +161,7 @@ def sharkey_data_loop(n_samples: int, n_inputs: int = 256, n_features: int = 512
             samples.append(coef @ features.T); coefs.append(coef)
     return SharkeyData(x=torch.stack(samples), features=features, coefficients=torch.stack(coefs))
 
-# %% ../nbs/01_toy.ipynb #4b319edf
+# %% ../nbs/01_toy.ipynb #7057e2ed
 def sharkey_statistics(data: SharkeyData) -> dict[str, float]:
     "Summary numbers of a Sharkey dataset: mean/std active features per sample, dead features, share of firing in the first 10% of features."
     active = data.coefficients > 0; n = active.shape[1]
@@ -147,7 +173,7 @@ def feature_frequencies(data: SharkeyData) -> Tensor:
     "Per-feature firing frequency (fraction of samples in which each feature is active)."
     return (data.coefficients > 0).float().mean(0)
 
-# %% ../nbs/01_toy.ipynb #075cfc49
+# %% ../nbs/01_toy.ipynb #c2859702
 def gaussian_control(x: Tensor, *, match: Literal["per_dimension", "scalar"] = "per_dimension", seed: int = 0) -> Tensor:
     "IID Gaussian samples with the same shape as `x` and its mean and standard deviation (per dimension or scalar)."
     if x.ndim != 2: raise ValueError(f"x must be 2-D (samples, dims), got shape {tuple(x.shape)}")
