@@ -20,7 +20,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from .config import atomic_path, get_device, params_hash, write_json
+from .config import atomic_path, file_sha256, get_device, params_hash, write_json
 from .toy import check_positive_int
 
 log = logging.getLogger(__name__)
@@ -123,12 +123,6 @@ MANIFEST = "manifest.json"
 
 def _shard_name(j: int, layer: int) -> str: return f"shard_{j:05d}.layer_{layer:02d}.npy"
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for b in iter(lambda: f.read(1 << 22), b""): h.update(b)
-    return h.hexdigest()
-
 @dataclass
 class ActivationShards:
     "A finished on-disk activation cache: per layer, `.npy` shards of `(tokens, d)` fp32 rows in token order."
@@ -166,7 +160,7 @@ def read_activation_shards(root: str | Path, verify: bool = False) -> Activation
             if not p.exists(): raise ValueError(f"activation cache {root}: shard {f['name']} is missing")
             if p.stat().st_size != f["bytes"]:
                 raise ValueError(f"activation cache {root}: shard {f['name']} is torn ({p.stat().st_size} bytes, manifest says {f['bytes']})")
-            if verify and _sha256(p) != f["sha256"]: raise ValueError(f"activation cache {root}: shard {f['name']} fails its sha256 check")
+            if verify and file_sha256(p) != f["sha256"]: raise ValueError(f"activation cache {root}: shard {f['name']} fails its sha256 check")
     return ActivationShards(root, manifest)
 
 # %% ../nbs/13_activations.ipynb #7a29ab1d
@@ -205,7 +199,7 @@ def write_activation_shards(model: nn.Module, tokens: Tensor, layers: Sequence[i
         if not all(p.exists() for p in paths.values()):   # shards are written atomically: an existing one is complete
             acts = extract_activations(model, tokens[s:s + shard_chunks], layers, batch_size_chunks, device, progress=False)
             for i in layers: _save_npy(paths[i], acts[i].numpy())
-        files = {str(i): {"name": p.name, "shape": list(np.load(p, mmap_mode="r").shape), "bytes": p.stat().st_size, "sha256": _sha256(p)}
+        files = {str(i): {"name": p.name, "shape": list(np.load(p, mmap_mode="r").shape), "bytes": p.stat().st_size, "sha256": file_sha256(p)}
                  for i, p in paths.items()}
         shards.append({"index": j, "first_chunk": s, "n_tokens": rows, "files": files})
     d = shards[0]["files"][str(layers[0])]["shape"][1]

@@ -6,11 +6,12 @@ Docs: https://randsae.github.io/randsae/config.html.md"""
 
 # %% auto #0
 __all__ = ['PACKAGE_ROOT', 'STAGES', 'TOY_DEFAULT', 'TOY_PAPER', 'TINY_SAE', 'PRESETS', 'project_root', 'outputs_dir',
-           'experiments_dir', 'get_device', 'seed_everything', 'atomic_path', 'write_json', 'write_table',
-           'params_hash', 'cached_table', 'Stage', 'StageRun', 'Preset', 'pythia_sae', 'get_preset']
+           'experiments_dir', 'get_device', 'check_seed', 'seed_everything', 'atomic_path', 'write_json', 'replace_dir',
+           'file_sha256', 'write_table', 'params_hash', 'cached_table', 'Stage', 'StageRun', 'Preset', 'pythia_sae',
+           'get_preset']
 
 # %% ../nbs/00_config.ipynb #d520e8b0
-import hashlib, json, os, random, tempfile
+import hashlib, json, os, random, shutil, tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,9 +44,14 @@ def get_device(device: str | torch.device | None = None) -> torch.device:
     if device is not None: return torch.device(device)
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
+def check_seed(seed, name: str = "seed") -> int:
+    "`seed` if it is a non-negative int, else a `ValueError` naming `name`."
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0: raise ValueError(f"{name} must be a non-negative int, got {seed!r}")
+    return seed
+
 def seed_everything(seed: int) -> torch.Generator:
     "Seed python, numpy and torch; return a torch generator seeded the same way."
-    if not isinstance(seed, int) or seed < 0: raise ValueError(f"seed must be a non-negative int, got {seed!r}")
+    check_seed(seed)
     random.seed(seed); np.random.seed(seed % 2**32); torch.manual_seed(seed)
     return torch.Generator().manual_seed(seed)
 
@@ -68,6 +74,21 @@ def write_json(path: str | Path, obj: Any) -> Path:
     "Write `obj` as indented JSON, atomically."
     with atomic_path(path) as tmp: tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str))
     return Path(path)
+
+def replace_dir(tmp: str | Path, final: str | Path, old: str | Path | None = None) -> None:
+    "Replace folder `final` by the finished folder `tmp`; at every instant `final` or `old` holds a complete copy."
+    tmp, final = Path(tmp), Path(final); old = Path(old) if old is not None else final.with_name(f".{final.name}.old")
+    if old.exists(): shutil.rmtree(old)
+    if final.exists(): final.rename(old)
+    tmp.rename(final)
+    if old.exists(): shutil.rmtree(old)
+
+def file_sha256(path: str | Path) -> str:
+    "The sha256 hex digest of the file at `path`, read in blocks."
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""): h.update(block)
+    return h.hexdigest()
 
 def write_table(df: pd.DataFrame, path: str | Path) -> Path:
     "Write `df` atomically as parquet at `path` and as CSV beside it (for readers without pyarrow)."

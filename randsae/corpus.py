@@ -7,12 +7,12 @@ Docs: https://randsae.github.io/randsae/corpus.html.md"""
 # %% auto #0
 __all__ = ['log', 'SOURCES', 'CORPUS_RECIPE', 'MANIFEST', 'DOCUMENTS_FILE', 'Split', 'SPLITS', 'EOS_TOKEN', 'MIN_VOCAB_SIZE',
            'TOKENIZER_RECIPE', 'TOKENIZER_FILE', 'TOKENS_RECIPE', 'REDPAJAMA_SAMPLE', 'PAPER_N_TOKENS', 'CorpusSource',
-           'get_source', 'default_cache_dir', 'sources_dir', 'file_sha256', 'source_archive', 'decode_text',
-           'strip_gutenberg', 'clean_text', 'load_manifest', 'text_sha256', 'Corpus', 'corpus_key', 'build_corpus',
-           'check_split', 'check_heldout_fraction', 'check_seed', 'split_documents', 'split_frame', 'load_tokenizer',
-           'tokenizer_manifest', 'train_tokenizer', 'token_dtype', 'pack_documents', 'check_chunking', 'chunk_stream',
-           'encode_texts', 'split_tokens', 'token_chunks', 'corpus_stats', 'top_tokens', 'redpajama_texts',
-           'tokenizer_fingerprint', 'hub_token_chunks']
+           'get_source', 'default_cache_dir', 'sources_dir', 'source_archive', 'decode_text', 'strip_gutenberg',
+           'clean_text', 'load_manifest', 'text_sha256', 'Corpus', 'corpus_key', 'build_corpus', 'check_split',
+           'check_heldout_fraction', 'split_documents', 'split_frame', 'load_tokenizer', 'tokenizer_manifest',
+           'train_tokenizer', 'token_dtype', 'pack_documents', 'check_chunking', 'chunk_stream', 'encode_texts',
+           'split_tokens', 'token_chunks', 'corpus_stats', 'top_tokens', 'redpajama_texts', 'tokenizer_fingerprint',
+           'hub_token_chunks']
 
 # %% ../nbs/11_corpus.ipynb #e5526d3b
 import configparser, hashlib, json, logging, os, platform, re, subprocess, sys, tarfile, tempfile, zipfile
@@ -32,7 +32,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerFast
 
-from .config import atomic_path, outputs_dir, params_hash, write_json
+from .config import atomic_path, check_seed, file_sha256, outputs_dir, params_hash, write_json
 from .toy import check_positive_int
 
 # %% ../nbs/11_corpus.ipynb #b507abdd
@@ -78,13 +78,6 @@ def default_cache_dir() -> Path:
 def sources_dir() -> Path:
     "Where the source archives are kept: `$RANDSAE_CORPUS_SOURCES`, else `outputs/cache/corpus/sources`."
     return Path(os.environ.get("RANDSAE_CORPUS_SOURCES") or default_cache_dir()/"sources")
-
-def file_sha256(path: str | Path) -> str:
-    "The sha256 hex digest of the file at `path`."
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""): h.update(block)
-    return h.hexdigest()
 
 def _manual_fetch(directory: Path) -> str:
     "The command that puts every source archive into `directory` by hand."
@@ -287,11 +280,6 @@ def check_heldout_fraction(heldout_fraction: float) -> float:
     if isinstance(heldout_fraction, bool) or not isinstance(heldout_fraction, (int, float)) or not 0 <= heldout_fraction < 1:
         raise ValueError(f"heldout_fraction must be in [0, 1), got {heldout_fraction!r}")
     return float(heldout_fraction)
-
-def check_seed(seed: int, name: str = "seed") -> int:
-    "`seed` if it is a non-negative int, else a `ValueError` naming `name`."
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0: raise ValueError(f"{name} must be a non-negative int, got {seed!r}")
-    return seed
 
 def _hash_order(names: Iterable[str], seed: int) -> list[int]:
     "Positions of `names` sorted by sha256 of `'<seed>/<name>'`: a seeded shuffle that needs no RNG."

@@ -21,7 +21,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .config import get_device, params_hash, write_json
+from .config import get_device, params_hash, replace_dir, write_json
 from .toy import check_positive_int, check_range
 from .activations import residual_layers, check_layers, extract_activations, tensor_hash, model_fingerprint, _check_tokens
 from .variants import GaussianEmbedding
@@ -144,13 +144,6 @@ def _set_generator_states(model: nn.Module, states: Mapping[str, Mapping[str, Te
     for n, gens in states.items():
         for d, s in gens.items(): mods[n].generator(torch.device(d)).set_state(s)
 
-def _swap_in(tmp: Path, final: Path, old: Path) -> None:
-    "Replace folder `final` by `tmp`; at every instant `final` or `old` holds a complete copy."
-    if old.exists(): shutil.rmtree(old)
-    if final.exists(): final.rename(old)
-    tmp.rename(final)
-    if old.exists(): shutil.rmtree(old)
-
 class _RandsaeTrainer(Trainer):
     "sparsify's Trainer with atomic checkpoints, exact resume and SAE-side baselines."
     def __init__(self, cfg: TrainConfig, dataset: TokenDataset, model, *, run_key: str, baseline: str = "none", min_cos: float = 0.8):
@@ -174,7 +167,7 @@ class _RandsaeTrainer(Trainer):
             torch.save(_generator_states(self.model), tmp/"randsae_rng.pt")
             write_json(tmp/"randsae_state.json", {"run_key": self.run_key, "steps_done": steps})
         _barrier()
-        if rank0: _swap_in(tmp, ck, old)
+        if rank0: replace_dir(tmp, ck, old)
         _barrier()
 
     def find_checkpoint(self) -> Path | None:
@@ -231,7 +224,7 @@ def initial_sae(cfg: SaeTrainConfig, d_in: int) -> Sae:
 def _copy_dir_atomic(src: Path, dst: Path) -> None:
     tmp = dst.with_name(f".{dst.name}.tmp")
     if tmp.exists(): shutil.rmtree(tmp)
-    shutil.copytree(src, tmp); _swap_in(tmp, dst, dst.with_name(f".{dst.name}.old"))
+    shutil.copytree(src, tmp); replace_dir(tmp, dst)
 
 # %% ../nbs/14_saes.ipynb #a6aea4e3
 @contextlib.contextmanager

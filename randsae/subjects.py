@@ -20,7 +20,8 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from .config import atomic_path, get_device, params_hash, write_json, write_table
+from .config import atomic_path, get_device, params_hash, replace_dir, write_json, write_table
+from .activations import tensor_hash
 from .toy import check_positive_int, check_range
 
 log = logging.getLogger(__name__)
@@ -122,7 +123,7 @@ def train_tiny_subject(train_chunks: Tensor, heldout_chunks: Tensor, vocab_size:
         raise ValueError(f"train_chunks must be (n_chunks, ctx_len={cfg.ctx_len}), got {tuple(train_chunks.shape)}")
     if len(train_chunks) < cfg.batch_size:
         raise ValueError(f"need at least batch_size={cfg.batch_size} training chunks, got {len(train_chunks)}")
-    key = params_hash({"cfg": asdict(cfg), "vocab_size": vocab_size, "train": _tensor_hash(train_chunks), "heldout": _tensor_hash(heldout_chunks)})
+    key = params_hash({"cfg": asdict(cfg), "vocab_size": vocab_size, "train": tensor_hash(train_chunks), "heldout": tensor_hash(heldout_chunks)})
     summary_path = out/"subject.json"
     if summary_path.exists() and (out/"trained"/"model.safetensors").exists():
         summary = json.loads(summary_path.read_text())
@@ -158,16 +159,12 @@ def train_tiny_subject(train_chunks: Tensor, heldout_chunks: Tensor, vocab_size:
     write_json(summary_path, summary)
     return summary
 
-def _tensor_hash(t: Tensor) -> str:
-    import hashlib
-    return hashlib.sha256(t.contiguous().numpy().tobytes()).hexdigest()[:16]
-
 def _save_model(model, path: Path) -> None:
-    "save_pretrained into a temporary folder, then rename it into place (atomic for the folder)."
+    "save_pretrained into a temporary folder, then swap it into place (atomic for the folder)."
     import shutil
     tmp = path.with_name(f".{path.name}.tmp"); shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp)
-    shutil.rmtree(path, ignore_errors=True); tmp.rename(path)
+    replace_dir(tmp, path)
 
 # %% ../nbs/12_subjects.ipynb #62dbe052
 def load_checkpoint(path_or_hub_id: str | Path, revision: str | None = None, device=None, dtype: torch.dtype = torch.float32):

@@ -18,7 +18,7 @@ import torch
 from torch import Tensor, nn
 from torch.distributions import MultivariateNormal, Normal
 
-from .config import get_device
+from .config import check_seed, get_device
 
 # %% ../nbs/01_toy.ipynb #87fcef8a
 def check_positive_int(name: str, value) -> int:
@@ -122,7 +122,7 @@ def sharkey_data(n_samples: int, n_inputs: int = 256, n_features: int = 512, avg
                  device: str | torch.device | None = "cpu") -> SharkeyData:
     "Vectorised Sharkey et al. data (paper Fig 12); `covariance='correlation'` normalises Σ to a correlation matrix."
     _check_sharkey(n_samples, n_inputs, n_features, avg_active, lambda_decay, covariance)
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0: raise ValueError(f"seed must be a non-negative int, got {seed!r}")
+    check_seed(seed)
     dev = get_device(device); g = torch.Generator(dev).manual_seed(seed)
     features = torch.randn(n_inputs, n_features, generator=g, device=dev)
     features /= features.norm(dim=0, keepdim=True)
