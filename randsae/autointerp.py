@@ -204,6 +204,18 @@ class ScoringSet:
 
     def __len__(self) -> int: return len(self.label)
 
+    def select(self, latents: Sequence[int] | None = None, n_pos: int | None = None, n_neg: int | None = None) -> "ScoringSet":
+        "The rows of `latents` (all by default), keeping at most the first `n_pos` positives and `n_neg` negatives of each latent."
+        keep = np.ones(len(self), bool) if latents is None else np.isin(self.latent, np.asarray(latents, dtype=np.int64))
+        for name, lab, n in (("n_pos", 1, n_pos), ("n_neg", 0, n_neg)):
+            if n is None: continue
+            if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 0: raise ValueError(f"{name} must be a non-negative int or None, got {n!r}")
+            rows = np.flatnonzero(self.label == lab)
+            rank = pd.Series(self.latent[rows]).groupby(self.latent[rows]).cumcount().to_numpy()   # the set is in seeded random order
+            keep[rows[rank >= n]] = False
+        i = np.flatnonzero(keep)
+        return ScoringSet(self.scorer, self.latent[i], self.label[i], self.tokens[i], self.marked[i], self.example[i], self.quantile[i])
+
 def _scored_rows(records: LatentRecords, seed: int) -> np.ndarray:
     "Test and negative example rows, grouped by latent in a seeded random order."
     split = records.examples.split.to_numpy(); idx = np.flatnonzero((split == "test") | (split == "negative"))
@@ -257,12 +269,16 @@ def records_from_arrays(latent, split, tokens, activations, *, variant: str | No
     return LatentRecords(ex, tokens, activations, lat, variant, layer)
 
 # %% ../nbs/17_autointerp.ipynb #d8fa3c21
-def explainer_prompts(records: LatentRecords, vocab: Sequence[str], threshold: float = 0.3) -> dict[int, list[dict]]:
-    "Explainer chat per used latent, from its train examples in rank order."
+def explainer_prompts(records: LatentRecords, vocab: Sequence[str], threshold: float = 0.3, n_examples: int | None = None,
+                      latents: Sequence[int] | None = None) -> dict[int, list[dict]]:
+    "Explainer chat per used latent (of `latents`, when given), from its first `n_examples` (default all) train examples in rank order."
+    if n_examples is not None: check_positive_int("n_examples", n_examples)
     ex = records.examples; out = {}
     maxes = records.latents.set_index("latent").max_activation
-    for lat, g in ex[ex.split == "train"].sort_values(["latent", "rank"]).groupby("latent", sort=True):
-        exs = [([vocab[t] for t in records.tokens[i]], records.activations[i]) for i in g.index]
+    train = ex[ex.split == "train"]
+    if latents is not None: train = train[train.latent.isin(np.asarray(latents, dtype=np.int64))]
+    for lat, g in train.sort_values(["latent", "rank"]).groupby("latent", sort=True):
+        exs = [([vocab[t] for t in records.tokens[i]], records.activations[i]) for i in g.index[:n_examples]]
         out[int(lat)] = explainer_messages(exs, float(maxes[lat]), threshold)
     return out
 

