@@ -6,16 +6,17 @@ Docs: https://randsae.github.io/randsae/autointerp.html.md"""
 
 # %% auto #0
 __all__ = ['log', 'L_DELIM', 'R_DELIM', 'EXPLAINER_SYSTEM', 'EXPLAINER_SHOTS', 'FUZZ_SYSTEM', 'DETECTION_SYSTEM', 'FUZZ_SHOTS',
-           'DETECTION_SHOTS', 'SCORERS', 'NULL_EXPLAINER', 'display_token', 'vocab_strings', 'synthetic_vocab',
-           'highlight', 'explainer_example', 'explainer_messages', 'scoring_user_message', 'fuzz_messages',
-           'detection_messages', 'fuzz_text', 'detection_text', 'parse_explanation', 'parse_predictions', 'prob_one',
-           'ScoringSet', 'fuzz_set', 'detection_set', 'scoring_set', 'records_from_arrays', 'explainer_prompts',
-           'scoring_prompts', 'null_explanations', 'describe_tokens', 'null_scores', 'null_model_scores',
-           'latent_metrics', 'record_entropies', 'auroc_table', 'pooled_metrics', 'roc_curves', 'synthetic_records',
+           'DETECTION_SHOTS', 'SCORERS', 'NULL_EXPLAINER', 'HEADLINE_SCORER', 'display_token', 'vocab_strings',
+           'synthetic_vocab', 'highlight', 'explainer_example', 'explainer_messages', 'scoring_user_message',
+           'fuzz_messages', 'detection_messages', 'fuzz_text', 'detection_text', 'parse_explanation',
+           'parse_predictions', 'prob_one', 'ScoringSet', 'fuzz_set', 'detection_set', 'scoring_set',
+           'records_from_arrays', 'explainer_prompts', 'scoring_prompts', 'null_explanations', 'describe_tokens',
+           'null_scores', 'null_model_scores', 'latent_metrics', 'record_entropies', 'auroc_table', 'pooled_metrics',
+           'roc_curves', 'latent_table', 'feature_card_html', 'feature_cards_html', 'synthetic_records',
            'null_model_latents_per_s']
 
 # %% ../nbs/17_autointerp.ipynb #d48df2c6
-import json, logging, math, re, time
+import html, json, logging, math, re, time
 from dataclasses import dataclass
 from typing import Mapping, Sequence
 
@@ -403,6 +404,53 @@ def roc_curves(scores: pd.DataFrame) -> pd.DataFrame:
         fpr, tpr, thr = roc_curve(g.label.to_numpy(), g.probability.to_numpy())
         parts.append(pd.DataFrame({**dict(zip(keys, k)), "fpr": fpr, "tpr": tpr, "threshold": thr}))
     return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=keys + ["fpr", "tpr", "threshold"])
+
+# %% ../nbs/17_autointerp.ipynb #c9325050
+HEADLINE_SCORER = "fuzz"   # the paper's scorer (Section 3.1)
+
+def latent_table(table: pd.DataFrame, headline: str = HEADLINE_SCORER) -> pd.DataFrame:
+    "`auroc_table` output widened to one row per (variant, layer, latent, explainer): `auroc` is the `headline` scorer's."
+    keys = ["variant", "layer", "latent", "explainer"]
+    if headline not in set(table.scorer): raise ValueError(f"headline scorer {headline!r} not in the table's scorers {sorted(set(table.scorer))}")
+    wide = table.pivot_table(index=keys, columns="scorer", values=["auroc", "balanced_accuracy", "n_pos", "n_neg"], dropna=False)
+    wide.columns = [f"{m}_{s}" for m, s in wide.columns]
+    ent = table.groupby(keys, dropna=False)[["entropy", "normalized_entropy"]].first()
+    out = wide.join(ent).reset_index()
+    out.insert(4, "auroc", out[f"auroc_{headline}"]); out.insert(5, "scorer", headline)
+    lead = keys + ["auroc", "scorer", "entropy", "normalized_entropy"]
+    return out[lead + [c for c in out.columns if c not in lead]]
+
+# %% ../nbs/17_autointerp.ipynb #4302f128
+def _card_example(str_tokens: Sequence[str], acts: np.ndarray, max_act: float) -> str:
+    spans = []
+    for s, a in zip(str_tokens, acts):
+        t = html.escape(s)
+        if a > 0:
+            alpha = 0.15 + 0.85 * min(float(a) / max_act, 1.0) if max_act > 0 else 1.0
+            t = f'<span title="{a:.3g}" style="background: rgba(255, 140, 0, {alpha:.2f}); border-radius: 2px">{t}</span>'
+        spans.append(t)
+    return f'<div style="font-family: monospace; white-space: pre-wrap; margin: 2px 0">{"".join(spans)} <small style="color:#666">max {acts.max():.3g}</small></div>'
+
+def feature_card_html(records: LatentRecords, latent: int, vocab: Sequence[str], explanations: Mapping[str, str | None] | None = None,
+                      aurocs: Mapping[str, float] | None = None, n_examples: int = 5, title: str | None = None) -> str:
+    "An HTML card for `latent`: its `n_examples` strongest train examples highlighted, and each explainer's explanation and AUROC."
+    check_positive_int("n_examples", n_examples)
+    m = records.mask("train", latent)
+    if not m.any(): raise ValueError(f"latent {latent} has no train examples in these records (used latents: {records.used[:10].tolist()}...)")
+    idx = records.examples[m].sort_values("rank").index[:n_examples]
+    max_act = float(records.activations[idx].max())
+    head = title or f"{records.variant}, layer {records.layer}, latent {latent}"
+    rows = "".join(f"<li><b>{html.escape(k)}</b>: {html.escape(str(v)) if v else '<i>(none: the explainer failed)</i>'}"
+                   f"{f' (AUROC {aurocs[k]:.2f})' if aurocs and k in aurocs and not pd.isna(aurocs[k]) else ''}</li>"
+                   for k, v in (explanations or {}).items())
+    exs = "".join(_card_example([vocab[t] for t in records.tokens[i]], records.activations[i], max_act) for i in idx)
+    return (f'<div style="border: 1px solid #ccc; border-radius: 6px; padding: 8px; margin: 8px 0">'
+            f'<h4 style="margin: 0 0 4px 0">{html.escape(head)}</h4><ul style="margin: 0 0 6px 0">{rows}</ul>{exs}</div>')
+
+def feature_cards_html(cards: Sequence[str], title: str = "Example features") -> str:
+    "A self-contained HTML page of cards."
+    return (f'<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(title)}</title></head>'
+            f'<body style="font-family: sans-serif; max-width: 1100px"><h2>{html.escape(title)}</h2>{"".join(cards)}</body></html>')
 
 # %% ../nbs/17_autointerp.ipynb #f2e3177d
 def synthetic_records(n_latents: int = 1000, n_train: int = 40, n_test: int = 50, n_negative: int = 50, window_len: int = 32,

@@ -11,8 +11,8 @@ __all__ = ['log', 'SOURCES', 'CORPUS_RECIPE', 'MANIFEST', 'DOCUMENTS_FILE', 'Spl
            'clean_text', 'load_manifest', 'text_sha256', 'Corpus', 'corpus_key', 'build_corpus', 'check_split',
            'check_heldout_fraction', 'split_documents', 'split_frame', 'load_tokenizer', 'tokenizer_manifest',
            'train_tokenizer', 'token_dtype', 'pack_documents', 'check_chunking', 'chunk_stream', 'encode_texts',
-           'split_tokens', 'token_chunks', 'corpus_stats', 'top_tokens', 'redpajama_texts', 'tokenizer_fingerprint',
-           'hub_token_chunks']
+           'split_tokens', 'token_chunks', 'save_token_set', 'load_token_set', 'corpus_stats', 'top_tokens',
+           'redpajama_texts', 'tokenizer_fingerprint', 'hub_token_chunks']
 
 # %% ../nbs/11_corpus.ipynb #e5526d3b
 import configparser, hashlib, json, logging, os, platform, re, subprocess, sys, tarfile, tempfile, zipfile
@@ -32,7 +32,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerFast
 
-from .config import atomic_path, check_seed, file_sha256, outputs_dir, params_hash, write_json
+from .config import atomic_path, check_seed, file_sha256, outputs_dir, params_hash, replace_dir, write_json
 from .toy import check_positive_int
 
 # %% ../nbs/11_corpus.ipynb #b507abdd
@@ -455,6 +455,28 @@ def token_chunks(tokenizer: PreTrainedTokenizerFast, split: Split, ctx_len: int,
     check_split(split); check_chunking(ctx_len, seed, max_tokens)      # before any work
     stream, _ = split_tokens(tokenizer, split)
     return chunk_stream(stream, ctx_len, seed, max_tokens)
+
+# %% ../nbs/11_corpus.ipynb #0addfca1
+def save_token_set(folder: str | Path, tokenizer, chunks: Tensor, **meta) -> Path:
+    "Write `tokenizer` (`save_pretrained`) and `chunks` (n_chunks, ctx_len) into `folder` atomically, with a manifest."
+    folder = Path(folder); folder.parent.mkdir(parents=True, exist_ok=True)
+    if not isinstance(chunks, Tensor) or chunks.ndim != 2: raise ValueError(f"chunks must be a 2-D tensor (n_chunks, ctx_len), got {getattr(chunks, 'shape', type(chunks))}")
+    arr = chunks.cpu().numpy().astype(np.int64)
+    with tempfile.TemporaryDirectory(dir=folder.parent, prefix=f".{folder.name}.") as tmp:
+        t = Path(tmp)/"set"; t.mkdir(); tokenizer.save_pretrained(t/"tokenizer"); np.save(t/"chunks.npy", arr)
+        write_json(t/"manifest.json", {"shape": list(arr.shape), "sha256": hashlib.sha256(arr.tobytes()).hexdigest(), **meta})
+        replace_dir(t, folder)
+    return folder
+
+def load_token_set(folder: str | Path) -> tuple[PreTrainedTokenizerFast, Tensor, dict]:
+    "The tokenizer, chunks and manifest written by `save_token_set`; a clear error when missing or damaged."
+    folder = Path(folder)
+    if not (folder/"manifest.json").exists(): raise FileNotFoundError(f"no token set in {folder} (missing manifest.json)")
+    man = json.loads((folder/"manifest.json").read_text()); arr = np.load(folder/"chunks.npy")
+    if list(arr.shape) != man["shape"] or hashlib.sha256(arr.astype(np.int64).tobytes()).hexdigest() != man["sha256"]:
+        raise ValueError(f"{folder/'chunks.npy'} does not match its manifest (shape {list(arr.shape)} vs {man['shape']}): the token set is damaged; rerun the stage that wrote it")
+    from transformers import AutoTokenizer
+    return AutoTokenizer.from_pretrained(folder/"tokenizer"), torch.from_numpy(arr), man
 
 # %% ../nbs/11_corpus.ipynb #d08ade17
 def corpus_stats(tokenizer: PreTrainedTokenizerFast) -> pd.DataFrame:

@@ -123,27 +123,45 @@ class NotebookRun:
 def plan_runs(preset: Preset, stages: Sequence[str] | None = None, overrides: Mapping[str, Any] | None = None,
               root: Path | None = None) -> list[NotebookRun]:
     "Resolve stages, check overrides against the notebooks' parameters cells, and list the notebook runs (nothing executes)."
-    overrides = dict(overrides or {})
-    stages = list(stages or preset.stages)
+    overrides = dict(overrides or {}); order = list(preset.stages)
+    stages = list(dict.fromkeys(stages or order))
     bad = [s for s in stages if s not in preset.stages]
-    if bad: raise ValueError(f"unknown stage(s) {bad} for preset {preset.name!r}; choose from {list(preset.stages)}")
+    if bad: raise ValueError(f"unknown stage(s) {bad} for preset {preset.name!r}; choose from {order}")
+    stages.sort(key=order.index)   # a stage runs after the stages it needs
+    needed = [r for s in stages for r in STAGES[s].requires if r not in stages]
+    missing = [r for r in needed if r not in preset.stages]
+    if missing: raise ValueError(f"preset {preset.name!r} lacks stage(s) {missing}, which the selected stages need")
     root = Path(root or outputs_dir()); nb_dir = experiments_dir()
     declared = {}
-    for s in stages:
+    for s in dict.fromkeys(stages + needed):
         for nb in STAGES[s].notebooks:
             if not (nb_dir/nb).exists(): raise FileNotFoundError(f"stage {s!r} needs the notebook {nb_dir/nb}, which is missing")
             declared[nb] = notebook_parameters(nb_dir/nb)
     check_overrides(overrides, declared)
     check_overrides({k: v for s in stages for k, v in preset.stages[s].params.items()}, declared)  # presets must match the notebooks too
-    runs = []
-    for s in stages:
-        sr = preset.stages[s]; out = root/run_dir_name(sr.out_name, overrides)
+
+    def stage_runs(s: str) -> list[NotebookRun]:
+        # A stage's folder is named from the overrides its notebooks (and the stages it needs) declare, so that an
+        # override of one stage's parameter does not send another stage to a new, empty folder.
+        names = {k for t in (s, *STAGES[s].requires) for nb in STAGES[t].notebooks for k in declared[nb]}
+        sr = preset.stages[s]; out = root/run_dir_name(sr.out_name, {k: v for k, v in overrides.items() if k in names})
+        runs = []
         for nb in STAGES[s].notebooks:
             mine = declared[nb]
             params = {k: v for k, v in {**sr.params, **overrides}.items() if k in mine}
             params["out_dir"] = str(out)
+            for r in STAGES[s].requires:
+                if f"{r}_dir" not in mine: raise ValueError(f"{nb} needs stage {r!r} but has no parameter {r}_dir to receive its folder")
+                params[f"{r}_dir"] = str(stage_runs(r)[0].out_dir)
             runs.append(NotebookRun(s, nb_dir/nb, out, params))
-    return runs
+        return runs
+
+    for r in needed:
+        undone = [x.executed for x in stage_runs(r) if not x.is_done()]
+        if undone:
+            raise ValueError(f"the selected stages need stage {r!r}, whose results are missing or out of date ({', '.join(map(str, undone))}); "
+                             f"run it first, or select it too: --stages {','.join(sorted(set(stages) | {r}, key=order.index))}")
+    return [run for s in stages for run in stage_runs(s)]
 
 # %% ../nbs/05_runner.ipynb #8b8bb73e
 class _Collect(logging.Handler):
