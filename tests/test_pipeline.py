@@ -9,15 +9,21 @@ from conftest import run_cli
 
 TINY_SAE = ["--set", "subject_max_tokens=20000", "--set", "sae_n_tokens=8192", "--set", "heldout_max_tokens=2048",
             "--set", "sae_expansion_factor=4", "--set", "sae_k=8"]
+# The interp stage at tiny sizes, with the real local LLM (SmolLM2) explaining and scoring one latent per SAE.
+TINY_INTERP = ["--set", "n_latents=6", "--set", "window_len=16", "--set", "n_train=4", "--set", "n_test=4", "--set", "n_negative=4",
+               "--set", "n_quantiles=2", "--set", "min_examples=8", "--set", "llm_latents_per_sae=1", "--set", "llm_n_train=4",
+               "--set", "llm_n_test=2", "--set", "llm_n_negative=2", "--set", "llm_max_new_tokens=40"]
+VARIANTS = ["trained", "rerandomized_incl_emb", "rerandomized_excl_emb", "step0", "control"]
 
 
-def test_sae_stage_end_to_end(tmp_path):
-    "All five variants of a tiny subject get SAEs and metrics; a rerun skips everything."
-    r = run_cli("reproduce", "--preset", "tiny", "--stages", "sae", "--no-progress", "--set", "vocab_size=512", "--set", "ctx_len=32",
-                "--set", "subject_hidden_size=32", "--set", "subject_n_layers=2", "--set", "subject_intermediate_size=64",
-                "--set", "subject_batch_size=16", "--set", "sae_batch_size=8", *TINY_SAE, outputs=tmp_path)
+def test_sae_and_interp_stages_end_to_end(tmp_path):
+    "All five variants of a tiny subject get SAEs and metrics, then auto-interpretability tables and figures; a rerun skips everything."
+    args = ["reproduce", "--preset", "tiny", "--stages", "sae,interp", "--no-progress", "--set", "vocab_size=512", "--set", "ctx_len=32",
+            "--set", "subject_hidden_size=32", "--set", "subject_n_layers=2", "--set", "subject_intermediate_size=64",
+            "--set", "subject_batch_size=16", "--set", "sae_batch_size=8", *TINY_SAE, *TINY_INTERP]
+    r = run_cli(*args, outputs=tmp_path, timeout=900)
     assert r.returncode == 0, r.stderr[-3000:]
-    (out,) = [d for d in tmp_path.iterdir() if d.name.startswith("tiny--")]
+    (out,) = [d for d in tmp_path.iterdir() if d.name.startswith("tiny--") and (d/"sae_pipeline.ipynb").exists()]
     table = pd.read_parquet(out/"tables"/"sae_metrics.parquet")
     assert {"variant", "layer", "explained_variance", "cosine_similarity", "l1_norm", "ce_loss_score"} <= set(table.columns)
     assert sorted(table.variant.unique()) == sorted(["trained", "rerandomized_incl_emb", "rerandomized_excl_emb", "step0", "control"])
@@ -28,6 +34,36 @@ def test_sae_stage_end_to_end(tmp_path):
     assert (out/"subject"/"step0"/"model.safetensors").exists() and any(f.name.startswith("fig03") for f in (out/"figures").iterdir())
     subject = json.loads((out/"subject"/"subject.json").read_text())
     assert subject["heldout_loss_final"] < subject["heldout_loss_step0"]
+
+    # interp: its own folder (its parameters were overridden), reading the sae stage's
+    (interp,) = [d for d in tmp_path.iterdir() if (d/"autointerp.ipynb").exists()]
+    tables = {p.stem: p for p in (interp/"tables").glob("latent_auroc_*.parquet")}
+    assert set(tables) == {"latent_auroc_token_null", "latent_auroc_SmolLM2-135M-Instruct-Q4_1"}, tables
+    for name, path in tables.items():   # the contract: one row per (variant, layer, latent)
+        t = pd.read_parquet(path)
+        assert {"variant", "layer", "latent", "explainer", "auroc", "entropy"} <= set(t.columns)
+        assert not t.duplicated(["variant", "layer", "latent"]).any() and t.explainer.nunique() == 1
+        assert t.auroc.dropna().between(0, 1).all() and (t.entropy >= 0).all() and set(t.layer) <= {0, 1}
+    null = pd.read_parquet(tables["latent_auroc_token_null"])
+    assert set(null.variant) == set(VARIANTS), "the control always has examples; every variant is scored"
+    llm = pd.read_parquet(tables["latent_auroc_SmolLM2-135M-Instruct-Q4_1"])
+    assert len(llm) <= 10 and len(llm) >= 1 and (llm.n_pos_fuzz <= 2).all()
+    expl = pd.read_parquet(interp/"tables"/"llm_explanations.parquet")
+    assert len(expl) >= len(llm) and expl.explanation.notna().any()
+    figs = {f.name for f in (interp/"figures").iterdir()}
+    for stem in ("fig01_roc_fuzzing", "fig03_autointerp_entropy", "fig_entropy_auroc"): assert {f"{stem}.png", f"{stem}.svg", f"{stem}.html"} <= figs
+    assert "<span title=" in (interp/"figures"/"feature_cards.html").read_text()
+    summary = json.loads((interp/"autointerp_summary.json").read_text())
+    assert summary["llm"]["failures"] == 0 and summary["llm"]["misses"] + summary["llm"]["hits"] > 0
+    executed = interp/"autointerp.ipynb"; mtime = executed.stat().st_mtime
+    r2 = run_cli(*args, outputs=tmp_path, timeout=300)
+    assert r2.returncode == 0 and r2.stderr.count("skip") >= 2 and executed.stat().st_mtime == mtime, r2.stderr[-2000:]
+
+
+def test_interp_alone_needs_the_sae_stage(tmp_path):
+    r = run_cli("reproduce", "--preset", "tiny", "--stages", "interp", "--no-progress", outputs=tmp_path, timeout=120)
+    assert r.returncode == 2 and "need stage 'sae', whose results are missing" in r.stderr and "--stages sae,interp" in r.stderr, r.stderr
+    assert not any(tmp_path.iterdir()), "nothing runs"
 
 
 @pytest.mark.parametrize("args, message", [
