@@ -560,6 +560,7 @@ def llm_scores(records: LatentRecords, explanations: Mapping[int, str], client: 
                threshold: float = 0.3, seed: int = 0, chunk_prompts: int = 64, progress: bool = True) -> pd.DataFrame:
     "Scores table (as `null_model_scores`) of the explained latents, `probability` NaN where the client failed."
     check_positive_int("chunk_prompts", chunk_prompts); out = []
+    explanations = {int(k): v for k, v in explanations.items() if isinstance(v, str) and v.strip()}   # failed ones (None, NaN) stay unscored
     for sc in scorers:
         s = scoring_set(records, sc, threshold, seed).select(list(explanations), n_pos, n_neg)
         pr = scoring_prompts(s, explanations, vocab, batch_size=1)
