@@ -412,7 +412,8 @@ def latent_table(table: pd.DataFrame, headline: str = HEADLINE_SCORER) -> pd.Dat
     "`auroc_table` output widened to one row per (variant, layer, latent, explainer): `auroc` is the `headline` scorer's."
     keys = ["variant", "layer", "latent", "explainer"]
     if headline not in set(table.scorer): raise ValueError(f"headline scorer {headline!r} not in the table's scorers {sorted(set(table.scorer))}")
-    wide = table.pivot_table(index=keys, columns="scorer", values=["auroc", "balanced_accuracy", "n_pos", "n_neg"], dropna=False)
+    # unstack, not pivot_table: only the (variant, layer, latent, explainer) that exist, NaN AUROCs kept
+    wide = table.set_index(keys + ["scorer"])[["auroc", "balanced_accuracy", "n_pos", "n_neg"]].unstack("scorer")
     wide.columns = [f"{m}_{s}" for m, s in wide.columns]
     ent = table.groupby(keys, dropna=False)[["entropy", "normalized_entropy"]].first()
     out = wide.join(ent).reset_index()

@@ -6,7 +6,7 @@ from conftest import run_cli
 
 @pytest.mark.parametrize("args, message", [
     (["reproduce", "--preset", "gpt5"], "unknown preset 'gpt5'"),
-    (["reproduce", "--preset", "tiny", "--stages", "toy,interp"], "unknown stage(s) ['interp']"),
+    (["reproduce", "--preset", "tiny", "--stages", "toy,finetune"], "unknown stage(s) ['finetune']"),
     (["reproduce", "--preset", "toy-paper", "--stages", "sae"], "unknown stage(s) ['sae'] for preset 'toy-paper'"),
     (["reproduce", "--set", "n_epochz=3"], "unknown parameter(s) ['n_epochz']"),
     (["reproduce", "--set", "n_epochs=many"], "parameter 'n_epochs' expects int"),
