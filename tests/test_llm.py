@@ -226,3 +226,30 @@ def test_cache_batched_client_one_bad_prompt_does_not_sink_batch(tmp_path):
     out = cc.score_batch([ask("a"), ask("bad"), ask("c")])
     assert out == [{"0": -1.0, "1": -0.5}, {}, {"0": -1.0, "1": -0.5}] and cl.batches == 1
     assert cc.stats()["failures"] == 1 and cc.errors == ["RuntimeError: bad prompt"]
+
+
+def test_explain_and_score_through_a_live_server(tmp_path):
+    "llm_explanations and llm_scores over HTTP: probabilities from the server's logprobs, a junk reply a counted failure, not a crash."
+    from randsae.autointerp import synthetic_records, synthetic_vocab
+    from randsae.llm import llm_explanations, llm_scores
+    rec = synthetic_records(3, n_train=3, n_test=2, n_negative=2, vocab_size=50, window_len=6, seed=1)
+    vocab = synthetic_vocab(50)
+
+    n_scoring = []
+    def serve(path, req):
+        if req.get("max_tokens") != 1:   # an explanation request
+            return 200, json.dumps(canned_openai_reply("Some thoughts.\n[EXPLANATION]: tokens t1 and t2")).encode()
+        n_scoring.append(1)
+        if len(n_scoring) in (3, 10): return 200, b'{"choices": [ oops'   # two malformed replies
+        return 200, json.dumps(canned_openai_reply("1", TOP)).encode()
+
+    with local_server(serve) as (url, requests):
+        client = CachedClient(OpenAIClient("served-model", url, max_retries=0), tmp_path)
+        ex = llm_explanations(rec, client, vocab, n_examples=2, progress=False)
+        assert ex.explanation.tolist() == ["tokens t1 and t2"] * 3 and ex.error.isna().all()
+        sc = llm_scores(rec, dict(zip(ex.latent, ex.explanation)), client, vocab, progress=False)
+    assert set(sc.explainer) == {"served-model"} and len(sc) == 2 * 3 * 4
+    ok = sc.probability.dropna()
+    assert len(ok) and all(abs(p - prob_one(TOP)) < 1e-9 for p in ok)   # P("1") pooled over "1" and " 1", over P("0") + P("1")
+    assert sc.probability.isna().sum() == 2 == client.stats()["failures"], "every malformed reply is counted, and only those"
+    assert sum(r["json"]["max_tokens"] == 1 for r in requests) == len(sc)   # one example per scoring request
