@@ -7,7 +7,7 @@ PIP    := $(BIN)/python -m pip --disable-pip-version-check -q
 # torch first, pinned: 2.13.0 is a CPU build on this machine's disk; an unpinned torch pulls a multi-GB CUDA build.
 TORCH  := torch==2.13.0
 
-.PHONY: reproduce test lab readme bench export clean-venv
+.PHONY: reproduce test lab readme docs bench export clean-venv
 
 reproduce: $(VENV)/.installed-base  ## the main job on the embedded offline default
 	$(BIN)/randsae reproduce --preset tiny
@@ -22,6 +22,9 @@ lab: $(VENV)/.installed-dev  ## JupyterLab on nbs/ with the project's environmen
 
 readme: $(VENV)/.installed-dev  ## README.md from nbs/index.ipynb
 	$(BIN)/python -c "from randsae.docs import write_readme; write_readme()"
+
+docs: $(VENV)/.installed-dev  ## the docs site in _site/ (README, module notebooks, figures and executed notebooks of outputs/)
+	$(BIN)/python -c "from randsae.docs import build_site; print(build_site())"
 
 export: $(VENV)/.installed-dev  ## notebooks -> randsae/, then README
 	$(BIN)/nbdev-export
