@@ -30,8 +30,10 @@ export: $(VENV)/.installed-dev  ## notebooks -> randsae/, then README
 	$(BIN)/nbdev-export
 	$(MAKE) readme
 
-bench: $(VENV)/.installed-base
+bench: $(VENV)/.installed-base  ## every benchmark: ratios measured within one run each
 	$(BIN)/randsae bench toy
+	$(BIN)/randsae bench sae
+	$(BIN)/randsae bench autointerp
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
