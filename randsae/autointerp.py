@@ -1,4 +1,4 @@
-"""Auto-interpretability without an LLM in the loop: delphi-style prompts for the explainer and for fuzzing and detection scoring (pure functions, snapshot-tested), reply parsers, a token-identity null model that explains and scores from token identity alone, and ROC/AUROC and balanced accuracy per latent and pooled per (variant, layer).
+"""Auto-interpretability without an LLM in the loop: delphi-style prompts for the explainer and for fuzzing and detection scoring (pure functions, snapshot-tested), reply parsers, a token-identity null model that explains and scores from token identity alone, ROC/AUROC and balanced accuracy per latent and pooled per (variant, layer), the one-row-per-latent table other tools read, and Appendix D-style example-feature cards. The LLM clients that send these prompts live in `randsae.llm`.
 
 Docs: https://randsae.github.io/randsae/autointerp.html.md"""
 

@@ -1,4 +1,4 @@
-"""One small protocol for the LLMs of auto-interpretability (`generate` for explanations, `next_token_logprobs` for scoring), a response cache that records tokens, cost and failures and never crashes its caller, and three clients: an OpenAI-compatible HTTP client (vLLM's and llama.cpp's servers, OpenRouter), a local transformers client that scores prompts in batches, and a lazily imported vLLM offline-engine client for GPUs.
+"""One small protocol for the LLMs of auto-interpretability (`generate` for explanations, `next_token_logprobs` for scoring), a response cache that records tokens, cost and failures and never crashes its caller, three clients (an OpenAI-compatible HTTP client for vLLM's and llama.cpp's servers and OpenRouter, a local transformers client that scores shared-prefix batches, and a lazily imported vLLM offline-engine client for GPUs), SmolLM2-135M-Instruct offline from PyPI, and the drivers that explain and score latents with any of them.
 
 Docs: https://randsae.github.io/randsae/llm.html.md"""
 
