@@ -9,7 +9,7 @@ __all__ = ['log', 'Messages', 'TRANSPORT', 'PAPER_SCORER', 'SMOLLM2', 'SMOLLM2_G
            'LLMClient', 'check_messages', 'pool_candidates', 'cache_key', 'CacheStats', 'CachedClient',
            'HTTPStatusError', 'post_json', 'OpenAIClient', 'canned_openai_reply', 'local_server', 'render_prompt',
            'candidate_token_ids', 'TransformersClient', 'VLLMClient', 'llm_cache_dir', 'smollm2_dir', 'smollm2_client',
-           'check_llm_client', 'make_client', 'llm_explanations', 'llm_scores']
+           'check_llm_client', 'make_client', 'probe_client', 'llm_explanations', 'llm_scores']
 
 # %% ../nbs/18_llm.ipynb #a63fc804
 import copy, hashlib, json, logging, math, os, tempfile, threading, time, urllib.error, urllib.request, zipfile
@@ -542,6 +542,12 @@ def make_client(kind: str, *, model: str = "", base_url: str = "", api_key_env: 
         if not model: raise ValueError("llm_client='openai' needs llm_model, the model name the server serves")
         return OpenAIClient(model, base_url or "http://127.0.0.1:8000", api_key_env=api_key_env or None)
     return VLLMClient(model or PAPER_SCORER, tensor_parallel_size=tensor_parallel_size)
+
+def probe_client(client: LLMClient) -> Completion:
+    "One 1-token reply from `client`, raising its own error (an unreachable server names its URL): call it before heavy work."
+    out = client.generate([{"role": "user", "content": "Reply with OK."}], max_new_tokens=1)
+    if not out.ok: raise RuntimeError(f"the LLM {client.model!r} failed a 1-token probe: {out.error}")
+    return out
 
 # %% ../nbs/18_llm.ipynb #46c135bf
 def llm_explanations(records: LatentRecords, client: LLMClient, vocab: Sequence[str], *, latents: Sequence[int] | None = None,

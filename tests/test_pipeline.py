@@ -59,6 +59,14 @@ def test_sae_and_interp_stages_end_to_end(tmp_path):
     r2 = run_cli(*args, outputs=tmp_path, timeout=300)
     assert r2.returncode == 0 and r2.stderr.count("skip") >= 2 and executed.stat().st_mtime == mtime, r2.stderr[-2000:]
 
+    # An unreachable LLM server fails before any record is built, naming its URL.
+    import socket
+    s = socket.socket(); s.bind(("127.0.0.1", 0)); port = s.getsockname()[1]; s.close()
+    r3 = run_cli(*args, "--set", "llm_client=openai", "--set", "llm_model=m", "--set", f"llm_base_url=http://127.0.0.1:{port}", outputs=tmp_path, timeout=300)
+    assert r3.returncode != 0 and f"cannot reach the LLM server at http://127.0.0.1:{port}" in r3.stderr, r3.stderr[-2000:]
+    (failed,) = [d for d in tmp_path.iterdir() if (d/"autointerp.failed.ipynb").exists()]
+    assert failed != interp and not (failed/"records").exists()
+
 
 def test_interp_alone_needs_the_sae_stage(tmp_path):
     r = run_cli("reproduce", "--preset", "tiny", "--stages", "interp", "--no-progress", outputs=tmp_path, timeout=120)
