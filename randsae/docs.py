@@ -87,7 +87,9 @@ def build_site(site_dir: str | Path | None = None, outputs: str | Path | None = 
         if results: nav.append({"Results": results})
         cfg = {"site_name": "randsae", "docs_dir": "docs", "use_directory_urls": False,
                "theme": {"name": "material", "font": False, "features": ["navigation.sections"]},
-               "plugins": ["search", {"mkdocs-jupyter": {"include": ["*.ipynb"], "execute": False, "include_source": True}}],
+               # mkdocs-jupyter caches conversions in ./.cache by default: keep them in the temporary folder
+               "plugins": ["search", {"mkdocs-jupyter": {"include": ["*.ipynb"], "execute": False, "include_source": True,
+                                                          "cache_dir": str(Path(tmp)/"cache")}}],
                "nav": nav}
         (Path(tmp)/"mkdocs.yml").write_text(yaml.safe_dump(cfg, sort_keys=False))
         built = Path(tmp)/"site"
