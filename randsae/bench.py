@@ -105,10 +105,10 @@ def bench_sae(n_chunks: int = 64) -> dict[str, float]:
 def bench_autointerp(n_latents: int = 4, n_examples: int = 12, n_generate: int = 12, batch_size: int = 8) -> dict[str, float]:
     "Batched vs per-prompt generate() scoring, cached rerun vs first run, and the null model's speed, measured in one run."
     import tempfile
-    from randsae.autointerp import fuzz_set, scoring_prompts, synthetic_records, describe_tokens, prob_one, null_model_latents_per_s
-    from randsae.llm import CachedClient, smollm2_client
+    from randsae.autointerp import fuzz_set, scoring_prompts, synthetic_records, describe_tokens, prob_one, null_model_latents_per_s, vocab_strings
+    from randsae.llm import CachedClient, candidate_token_ids, smollm2_client
     client = smollm2_client(batch_size=batch_size); tok = client.tokenizer
-    vocab = [tok.decode([i]) for i in range(len(tok))]
+    vocab = vocab_strings(tok); cand = candidate_token_ids(tok, ("0", "1"))
     half = n_examples // 2
     rec = synthetic_records(n_latents, n_train=4, n_test=half, n_negative=n_examples - half, vocab_size=len(tok), window_len=32, seed=0)
     expl = {i: describe_tokens([vocab[t] for t in rec.tokens[rec.mask("train", i)][0, :2]]) for i in range(n_latents)}
@@ -122,7 +122,7 @@ def bench_autointerp(n_latents: int = 4, n_examples: int = 12, n_generate: int =
             enc = client._left_pad([client.encode(m)]); enc.pop("position_ids")
             out = client.lm.generate(**enc, max_new_tokens=1, do_sample=False, output_scores=True, return_dict_in_generate=True, pad_token_id=client.pad_id)
             lp = torch.log_softmax(out.scores[0][0].float(), -1)
-            return {"0": lp[32].item(), "1": lp[33].item()}   # "0" and "1" are tokens 32 and 33 of SmolLM2 (checked in randsae.llm)
+            return {c: torch.logsumexp(lp[ids], 0).item() for c, ids in cand.items()}   # as TransformersClient.score_batch pools them
         one_generate(prompts[0])
         t0 = time.perf_counter(); gen = [one_generate(m) for m in prompts[:n_generate]]; t_generate = (time.perf_counter() - t0) / n_generate
     ref = batched()[:n_generate]

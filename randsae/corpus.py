@@ -464,7 +464,7 @@ def save_token_set(folder: str | Path, tokenizer, chunks: Tensor, **meta) -> Pat
     arr = chunks.cpu().numpy().astype(np.int64)
     with tempfile.TemporaryDirectory(dir=folder.parent, prefix=f".{folder.name}.") as tmp:
         t = Path(tmp)/"set"; t.mkdir(); tokenizer.save_pretrained(t/"tokenizer"); np.save(t/"chunks.npy", arr)
-        write_json(t/"manifest.json", {"shape": list(arr.shape), "sha256": hashlib.sha256(arr.tobytes()).hexdigest(), **meta})
+        write_json(t/"manifest.json", {"shape": list(arr.shape), "sha256": file_sha256(t/"chunks.npy"), **meta})
         replace_dir(t, folder)
     return folder
 
@@ -472,9 +472,10 @@ def load_token_set(folder: str | Path) -> tuple[PreTrainedTokenizerFast, Tensor,
     "The tokenizer, chunks and manifest written by `save_token_set`; a clear error when missing or damaged."
     folder = Path(folder)
     if not (folder/"manifest.json").exists(): raise FileNotFoundError(f"no token set in {folder} (missing manifest.json)")
-    man = json.loads((folder/"manifest.json").read_text()); arr = np.load(folder/"chunks.npy")
-    if list(arr.shape) != man["shape"] or hashlib.sha256(arr.astype(np.int64).tobytes()).hexdigest() != man["sha256"]:
-        raise ValueError(f"{folder/'chunks.npy'} does not match its manifest (shape {list(arr.shape)} vs {man['shape']}): the token set is damaged; rerun the stage that wrote it")
+    man = json.loads((folder/"manifest.json").read_text())
+    if file_sha256(folder/"chunks.npy") != man["sha256"]:
+        raise ValueError(f"{folder/'chunks.npy'} does not match its manifest (sha256 {man['sha256'][:12]}..., shape {man['shape']}): the token set is damaged; rerun the stage that wrote it")
+    arr = np.load(folder/"chunks.npy")
     from transformers import AutoTokenizer
     return AutoTokenizer.from_pretrained(folder/"tokenizer"), torch.from_numpy(arr), man
 

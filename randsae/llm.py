@@ -387,11 +387,7 @@ class TransformersClient:
 
     def _last_logits(self, group: list[list[int]]) -> torch.Tensor:
         "Next-token logits after each sequence of `group`, computing their shared prefix once when it is long enough."
-        n_common = 0
-        for toks in zip(*group):
-            if any(t != toks[0] for t in toks): break
-            n_common += 1
-        n_common = min(n_common, min(map(len, group)) - 1)   # every row keeps a token of its own to read the logits at
+        n_common = min(len(os.path.commonprefix(group)), min(map(len, group)) - 1)   # every row keeps a token of its own to read the logits at
         if n_common < self.min_prefix_tokens:
             return self.lm(**self._left_pad(group)).logits[:, -1]
         kv = copy.deepcopy(self._prefix_kv(tuple(group[0][:n_common]))); kv.batch_repeat_interleave(len(group))

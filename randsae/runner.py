@@ -145,15 +145,15 @@ def plan_runs(preset: Preset, stages: Sequence[str] | None = None, overrides: Ma
         # override of one stage's parameter does not send another stage to a new, empty folder.
         names = {k for t in (s, *STAGES[s].requires) for nb in STAGES[t].notebooks for k in declared[nb]}
         sr = preset.stages[s]; out = root/run_dir_name(sr.out_name, {k: v for k, v in overrides.items() if k in names})
+        required = {f"{r}_dir": str(stage_runs(r)[0].out_dir) for r in STAGES[s].requires}
         runs = []
         for nb in STAGES[s].notebooks:
             mine = declared[nb]
             params = {k: v for k, v in {**sr.params, **overrides}.items() if k in mine}
             params["out_dir"] = str(out)
-            for r in STAGES[s].requires:
-                if f"{r}_dir" not in mine: raise ValueError(f"{nb} needs stage {r!r} but has no parameter {r}_dir to receive its folder")
-                params[f"{r}_dir"] = str(stage_runs(r)[0].out_dir)
-            runs.append(NotebookRun(s, nb_dir/nb, out, params))
+            lacking = [k for k in required if k not in mine]
+            if lacking: raise ValueError(f"{nb} needs stage(s) {[k[:-4] for k in lacking]} but has no parameter(s) {lacking} to receive their folders")
+            runs.append(NotebookRun(s, nb_dir/nb, out, {**params, **required}))
         return runs
 
     for r in needed:
