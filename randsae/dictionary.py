@@ -6,9 +6,9 @@ Docs: https://randsae.github.io/randsae/dictionary.html.md"""
 
 # %% auto #0
 __all__ = ['Activation', 'MseReduction', 'SPARSITY_MEASURES', 'sae_encode', 'sae_loss', 'normalize_decoder_', 'init_sae_weights',
-           'ToySAE', 'SweepConfig', 'split_train_val', 'SweepResult', 'train_sweep', 'SparsityMeasure', 'check_measure',
-           'sparsity', 'max_cosine', 'mmcs', 'recovery_rate', 'sweep_metrics', 'pareto_front', 'pareto_table',
-           'sparsity_at_explained_variance']
+           'ToySAE', 'sae_gradients', 'SweepConfig', 'split_train_val', 'SweepResult', 'train_sweep', 'SparsityMeasure',
+           'check_measure', 'sparsity', 'max_cosine', 'mmcs', 'recovery_rate', 'sweep_metrics', 'pareto_front',
+           'pareto_table', 'sparsity_at_explained_variance']
 
 # %% ../nbs/02_dictionary.ipynb #3ac993c9
 import math
@@ -30,8 +30,8 @@ MseReduction = Literal["sum_dims", "mean_dims"]
 
 def sae_encode(x: Tensor, w_enc: Tensor, b_enc: Tensor, activation: Activation = "relu", k: int | None = None) -> Tensor:
     "Codes `act(x @ w_enc + b_enc)`; `x` (..., B, d), `w_enc` (..., d, m), `b_enc` (..., 1, m) with broadcastable leading dims."
-    pre = torch.baddbmm(b_enc, x, w_enc) if x.ndim == w_enc.ndim == b_enc.ndim == 3 and x.shape[0] == w_enc.shape[0] else x @ w_enc + b_enc
-    if activation == "relu": return torch.relu(pre)
+    pre = (x @ w_enc).add_(b_enc)   # in place: one pass fewer over the codes (autograd needs neither intermediate)
+    if activation == "relu": return pre.relu_()
     vals, idx = pre.topk(k, dim=-1)
     return torch.zeros_like(pre).scatter_(-1, idx, torch.relu(vals))
 
@@ -68,6 +68,19 @@ class ToySAE(nn.Module):
     def encode(self, x: Tensor) -> Tensor: return sae_encode(x, self.w_enc, self.b_enc, self.activation, self.k)
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         codes = self.encode(x); return codes, codes @ self.w_dec
+
+# %% ../nbs/02_dictionary.ipynb #ec7bbc44
+def sae_gradients(x: Tensor, w_enc: Tensor, b_enc: Tensor, w_dec: Tensor, l1_coefficient: Tensor | float,
+                  activation: Activation = "relu", k: int | None = None, mse_reduction: MseReduction = "sum_dims") -> tuple[Tensor, Tensor, Tensor]:
+    "Gradients (w_enc, b_enc, w_dec) of the summed per-model `sae_loss` totals, in closed form; `l1_coefficient` broadcasts over leading dims."
+    codes = sae_encode(x, w_enc, b_enc, activation, k)
+    B, d = x.shape[-2:]
+    g_recon = torch.matmul(codes, w_dec).sub_(x).mul_(2 / B if mse_reduction == "sum_dims" else 2 / (B * d))
+    coef = l1_coefficient[..., None, None] if isinstance(l1_coefficient, Tensor) else l1_coefficient
+    g_codes = torch.matmul(g_recon, w_dec.transpose(-1, -2)).add_(coef / B)
+    g_pre = torch.ops.aten.threshold_backward(g_codes, codes, 0)   # relu's backward: only where a latent fired
+    g_b = torch.matmul(torch.ones(1, B, dtype=x.dtype, device=x.device), g_pre)   # the sum over samples, as a product: 2x a strided sum
+    return torch.matmul(x.transpose(-1, -2), g_pre), g_b, torch.matmul(codes.transpose(-1, -2), g_recon)
 
 # %% ../nbs/02_dictionary.ipynb #9fe20590
 @dataclass
@@ -147,9 +160,9 @@ def train_sweep(data: Tensor, config: SweepConfig, seeds: Sequence[int] = (0,), 
         for i in range(0, N - B + 1, B):   # drop the ragged last batch so every step has the same size
             xb = torch.gather(train, 1, perm[:, i:i + B, None].expand(S, B, d))[:, None]   # (S, 1, B, d)
             normalize_decoder_(w_dec.data)
-            codes = sae_encode(xb, w_enc, b_enc, config.activation, config.k)
-            _, _, loss = sae_loss(xb, codes, codes @ w_dec, coef, config.mse_reduction)
-            opt.zero_grad(set_to_none=True); loss.sum().backward(); opt.step(); steps += 1
+            w_enc.grad, b_enc.grad, w_dec.grad = sae_gradients(xb, w_enc.data, b_enc.data, w_dec.data, coef,
+                                                               config.activation, config.k, config.mse_reduction)
+            opt.step(); steps += 1
     normalize_decoder_(w_dec.data)
     return SweepResult(config, seeds, w_enc.detach(), b_enc.detach(), w_dec.detach(), steps, time.perf_counter() - t0)
 
