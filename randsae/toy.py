@@ -99,7 +99,7 @@ _RNG_BLOCKS = 8   # fixed, so the numbers do not depend on the thread count
 _POOL = None
 
 def _rng_blocks(n: int, fn: Callable[[int, int, int], object]) -> list:
-    "`fn(i, start, stop)` for each of the `_RNG_BLOCKS` fixed blocks of `range(n)`, on a thread pool (numpy releases the GIL)."
+    "`fn(i, start, stop)` for each of the `_RNG_BLOCKS` fixed blocks of `range(n)` (rows, or elements), on a thread pool (numpy releases the GIL)."
     global _POOL
     if _POOL is None: _POOL = ThreadPoolExecutor(max(1, torch.get_num_threads()))
     bounds = [n * i // _RNG_BLOCKS for i in range(_RNG_BLOCKS + 1)]
@@ -116,8 +116,8 @@ def _uniform(shape: tuple[int, int], seed: int, stream: int, device: torch.devic
     if out is None: out = torch.empty(shape, device=device)
     if device.type != "cpu":
         return out.uniform_(generator=torch.Generator(device).manual_seed(seed * 1_000_003 + stream))
-    flat = out.numpy().reshape(-1)
-    _rng_blocks(flat.size, lambda i, start, stop: _fill_uniform(flat[start:stop], seed, stream, i))
+    rows = out.numpy().reshape(shape[0], -1)
+    _rng_blocks(shape[0], lambda i, start, stop: _fill_uniform(rows[start:stop].reshape(-1), seed, stream, i))
     return out
 
 def _normal(shape: tuple[int, int], seed: int, stream: int, device: torch.device) -> Tensor:
@@ -135,28 +135,21 @@ def _normal(shape: tuple[int, int], seed: int, stream: int, device: torch.device
     _rng_blocks(half, box_muller)
     return torch.from_numpy(out[:n]).view(shape)
 
-def _firing_probabilities_(p: Tensor, lambda_decay: float, avg_active: float) -> Tensor:
-    "In place, from `-α/√2` to Fig 12's probabilities `min(1, c·Φ(α)^(λi))`, with `c` making each row average `avg_active / n`."
+def _firing_weights_(p: Tensor, lambda_decay: float) -> Tensor:
+    "In place, from `-α/√2` to Fig 12's unnormalised probabilities `Φ(α)^(λi)`."
     # Φ(α)^(λi) as exp(λi·log Φ(α)) with Φ(α) = erfc(-α/√2)/2: these kernels are vectorised, ndtr and pow are not (3x faster).
     # The clamps keep every intermediate a normal float (subnormals are ~100x slower on x86). What they change, probabilities
     # below e^-60 raised to e^-60 (before the rescaling, which multiplies by at most n), cannot fire against a float32
     # uniform, whose smallest nonzero value is 2^-23: the samples are those of the exact computation.
     exponent = lambda_decay * torch.arange(p.shape[1], device=p.device, dtype=p.dtype)
-    torch.special.erfc(p.clamp_(max=9.0), out=p).log_()    # erfc(9) ≈ 4e-37: still a normal float
-    torch.addcmul(exponent * -math.log(2), p, exponent, out=p).clamp_(min=-60.0).exp_()
-    return p.mul_(avg_active / (p.shape[1] * p.mean(dim=1, keepdim=True))).clamp_(max=1)
+    torch.special.erfc(p.clamp_(max=9.0), out=p)    # erfc(9) ≈ 4e-37: still a normal float
+    return p.mul_(0.5).log_().mul_(exponent).clamp_(min=-60.0).exp_()   # log Φ, not log erfc - log 2: no cancellation
 
-def _successes(p: Tensor, seed: int, stream: int, scratch: Tensor) -> tuple[Tensor, Tensor]:
-    "Trials `u < p` with `u = _uniform(p.shape, seed, stream, out=scratch)`: flat indices of the successes (ascending) and their `u`."
-    if p.device.type != "cpu":
-        u = _uniform(p.shape, seed, stream, p.device, out=scratch).view(-1); flat = (u < p.view(-1)).nonzero().squeeze(1)
-        return flat, u[flat]
-    p_flat, u_flat = p.numpy().reshape(-1), scratch.numpy().reshape(-1)
-    def trials(i, start, stop):   # draw and compare block by block while the block is in cache; numpy's nonzero is 2-3x torch's
-        u = u_flat[start:stop]; _fill_uniform(u, seed, stream, i)
-        hits = np.flatnonzero(u < p_flat[start:stop]); return hits + start, u[hits]
-    parts = _rng_blocks(p_flat.size, trials)
-    return torch.from_numpy(np.concatenate([h for h, _ in parts])), torch.from_numpy(np.concatenate([u for _, u in parts]))
+def _successes(u: Tensor, q: Tensor, row_scale: Tensor, scratch: Tensor) -> Tensor:
+    "Flat indices (ascending) of the successful trials `u < q·row_scale` (one scale per row); `scratch` holds the products."
+    p = torch.mul(q, row_scale[:, None], out=scratch)
+    if u.device.type != "cpu": return (u < p).view(-1).nonzero().squeeze(1)
+    return torch.from_numpy(np.flatnonzero(u.numpy() < p.numpy()))   # numpy's comparison and nonzero: 2-3x faster than torch's
 
 def _sparse_product(flat: Tensor, values: Tensor, n_samples: int, features: Tensor) -> Tensor:
     "`coefficients @ features.T` for coefficients given by their nonzeros (`values` at ascending `flat` indices): an embedding bag."
@@ -171,17 +164,23 @@ def sharkey_data(n_samples: int, n_inputs: int = 256, n_features: int = 512, avg
     "Vectorised Sharkey et al. data (paper Fig 12); `covariance='correlation'` normalises Σ to a correlation matrix."
     _check_sharkey(n_samples, n_inputs, n_features, avg_active, lambda_decay, covariance)
     check_seed(seed)
-    dev = get_device(device); g = torch.Generator(dev).manual_seed(seed)
+    dev = get_device(device)
+    # The bulk random numbers first, before any torch op: for milliseconds after each parallel op torch's OpenMP
+    # threads spin, competing with the threads that draw (on 2 cores, drawing after an op is 20% slower).
+    z = _normal((n_samples, n_features), seed, 1, dev)
+    u = _uniform((n_samples, n_features), seed, 2, dev)
+    g = torch.Generator(dev).manual_seed(seed)
     features = torch.randn(n_inputs, n_features, generator=g, device=dev)
     features /= features.norm(dim=0, keepdim=True)
     a = torch.randn(n_features, n_features, generator=g, device=dev)
     if covariance == "correlation": a /= a.norm(dim=1, keepdim=True)   # rows of unit norm: Σ = AAᵀ has a unit diagonal
-    z = _normal((n_samples, n_features), seed, 1, dev)
-    p = _firing_probabilities_(z @ a.T.mul(-math.sqrt(0.5)), lambda_decay, avg_active)   # from -α/√2, α ~ N(0, AAᵀ)
-    # One uniform u per entry: the trial is u < p, and given success u / p is U[0,1) and independent of it.
-    flat, u = _successes(p, seed, 2, scratch=z)    # the normals are spent: reuse their memory
-    values = u / p.view(-1)[flat]
-    coefficients = p.zero_(); coefficients.view(-1)[flat] = values     # p is spent too
+    q = _firing_weights_(z @ a.T.mul(-math.sqrt(0.5)), lambda_decay)   # from -α/√2, α ~ N(0, AAᵀ)
+    row_scale = avg_active / (n_features * q.mean(dim=1))               # p = min(1, row_scale·q) averages avg_active / n
+    # One uniform u per entry: the trial is u < p (= u < row_scale·q, as u < 1), and given success u / p is U[0,1)
+    # and independent of the trial, so it is the coefficient.
+    flat = _successes(u, q, row_scale, scratch=z)    # the normals are spent: reuse their memory
+    values = u.view(-1)[flat] / (q.view(-1)[flat] * row_scale[flat // n_features]).clamp_(max=1)
+    coefficients = q.zero_(); coefficients.view(-1)[flat] = values     # q is spent too
     x = _sparse_product(flat, values, n_samples, features)
     return SharkeyData(x=x, features=features, coefficients=coefficients)
 
