@@ -105,25 +105,29 @@ def _rng_blocks(n: int, fn: Callable[[int, int, int], object]) -> list:
     bounds = [n * i // _RNG_BLOCKS for i in range(_RNG_BLOCKS + 1)]
     return list(_POOL.map(lambda i: fn(i, bounds[i], bounds[i + 1]), range(_RNG_BLOCKS)))
 
+def _raw_bits(n_bytes: int, seed: int, stream: int, i: int) -> np.ndarray:
+    "`n_bytes` (or a few more) raw random bytes of block `i` of a stream, as uint64: numpy's SFC64, the fastest of its bit generators."
+    return np.random.SFC64([seed, stream, i]).random_raw((n_bytes + 7) // 8)
+
 def _fill_uniform(block: np.ndarray, seed: int, stream: int, i: int):
-    "Fill a float32 `block` with U[0,1) on the grid k·2⁻²³: 23 raw PCG64 bits as the mantissa of a float in [1, 2), minus 1."
-    bits = np.random.PCG64([seed, stream, i]).random_raw((block.size + 1) // 2).view(np.uint32)[: block.size]
+    "Fill a float32 `block` with U[0,1) on the grid k·2⁻²³: 23 raw bits as the mantissa of a float in [1, 2), minus 1."
+    bits = _raw_bits(4 * block.size, seed, stream, i).view(np.uint32)[: block.size]
     as_int = block.view(np.uint32)   # 1.6x faster than Generator.random(dtype=float32), which converts number by number
     np.bitwise_and(bits, 0x7FFFFF, out=as_int); np.bitwise_or(as_int, 0x3F800000, out=as_int); np.subtract(block, 1.0, out=block)
 
-def _uniform(shape: tuple[int, int], seed: int, stream: int, device: torch.device, out: Tensor | None = None) -> Tensor:
-    "U[0,1) float32 of `shape` (into `out` if given): PCG64 in fixed blocks on a thread pool on CPU, torch's generator elsewhere."
-    if out is None: out = torch.empty(shape, device=device)
-    if device.type != "cpu":
-        return out.uniform_(generator=torch.Generator(device).manual_seed(seed * 1_000_003 + stream))
-    rows = out.numpy().reshape(shape[0], -1)
+def _torch_generator(seed: int, stream: int, device: torch.device) -> torch.Generator:
+    return torch.Generator(device).manual_seed(seed * 1_000_003 + stream)
+
+def _uniform(shape: tuple[int, int], seed: int, stream: int, device: torch.device) -> Tensor:
+    "U[0,1) float32 of `shape`: `_fill_uniform` in fixed row blocks on a thread pool on CPU, torch's generator elsewhere."
+    if device.type != "cpu": return torch.rand(shape, generator=_torch_generator(seed, stream, device), device=device)
+    out = torch.empty(shape); rows = out.numpy().reshape(shape[0], -1)
     _rng_blocks(shape[0], lambda i, start, stop: _fill_uniform(rows[start:stop].reshape(-1), seed, stream, i))
     return out
 
 def _normal(shape: tuple[int, int], seed: int, stream: int, device: torch.device) -> Tensor:
     "N(0,1) float32 of `shape`: Box-Muller on `_fill_uniform` blocks on CPU (tails cut beyond 5.65σ, p ≈ 1.6e-8), torch's generator elsewhere."
-    if device.type != "cpu":
-        return torch.randn(shape, generator=torch.Generator(device).manual_seed(seed * 1_000_003 + stream), device=device)
+    if device.type != "cpu": return torch.randn(shape, generator=_torch_generator(seed, stream, device), device=device)
     n = shape[0] * shape[1]; half = (n + 1) // 2
     out = np.empty(2 * half, dtype=np.float32)
     def box_muller(i, start, stop):   # numpy's SIMD log1p/sin/cos on blocks in cache: 1.5x faster than torch on the whole array
@@ -135,6 +139,18 @@ def _normal(shape: tuple[int, int], seed: int, stream: int, device: torch.device
     _rng_blocks(half, box_muller)
     return torch.from_numpy(out[:n]).view(shape)
 
+_TRIAL_LEVELS = 2**16   # a trial's uniform is (k + v) / 2^16, k drawn for every entry, v only where it can matter
+
+def _trial_ints(shape: tuple[int, int], seed: int, stream: int, device: torch.device) -> Tensor:
+    "The integer parts k of the trials' uniforms, uniform on 0..2^16-1: 16 raw bits each on CPU (uint16), torch's generator elsewhere."
+    if device.type != "cpu":
+        return torch.randint(0, _TRIAL_LEVELS, shape, generator=_torch_generator(seed, stream, device), device=device, dtype=torch.int32)
+    out = np.empty(shape, dtype=np.uint16)
+    def fill(i, start, stop):
+        block = out[start:stop].reshape(-1); block[:] = _raw_bits(2 * block.size, seed, stream, i).view(np.uint16)[: block.size]
+    _rng_blocks(shape[0], fill)
+    return torch.from_numpy(out)
+
 def _firing_weights_(p: Tensor, lambda_decay: float) -> Tensor:
     "In place, from `-α/√2` to Fig 12's unnormalised probabilities `Φ(α)^(λi)`."
     # Φ(α)^(λi) as exp(λi·log Φ(α)) with Φ(α) = erfc(-α/√2)/2: these kernels are vectorised, ndtr and pow are not (3x faster).
@@ -145,11 +161,20 @@ def _firing_weights_(p: Tensor, lambda_decay: float) -> Tensor:
     torch.special.erfc(p.clamp_(max=9.0), out=p)    # erfc(9) ≈ 4e-37: still a normal float
     return p.mul_(0.5).log_().mul_(exponent).clamp_(min=-60.0).exp_()   # log Φ, not log erfc - log 2: no cancellation
 
-def _successes(u: Tensor, q: Tensor, row_scale: Tensor, scratch: Tensor) -> Tensor:
-    "Flat indices (ascending) of the successful trials `u < q·row_scale` (one scale per row); `scratch` holds the products."
-    p = torch.mul(q, row_scale[:, None], out=scratch)
-    if u.device.type != "cpu": return (u < p).view(-1).nonzero().squeeze(1)
-    return torch.from_numpy(np.flatnonzero(u.numpy() < p.numpy()))   # numpy's comparison and nonzero: 2-3x faster than torch's
+def _successes(k: Tensor, t: Tensor, seed: int, stream: int) -> tuple[Tensor, Tensor]:
+    "Trials `u < p` with `u = (k + v) / 2^16` and `t = p·2^16`: flat indices of the successes (ascending) and `u / min(p, 1)`."
+    # k + v < t needs k < t: v (uniform on [0, 1)) is drawn only for those candidates, about 1% of the entries here.
+    # u is then uniform on [0, 1) to float32 precision: the trial fires with probability p, and given that it
+    # fires u / p is U[0, 1) and independent of the trial, so it serves as the coefficient.
+    if t.device.type == "cpu":   # numpy's comparison and nonzero: 2-3x faster than torch's
+        k_np, t_np = k.numpy().reshape(-1), t.numpy().reshape(-1)
+        cand = np.flatnonzero(k_np < t_np)
+        cand, k_c, t_c = torch.from_numpy(cand), torch.from_numpy(k_np[cand].astype(np.float32)), torch.from_numpy(t_np[cand])
+    else:
+        cand = (k < t).view(-1).nonzero().squeeze(1); k_c, t_c = k.view(-1)[cand].float(), t.view(-1)[cand]
+    u = k_c + _uniform((len(cand), 1), seed, stream, t.device).view(-1)
+    hit = u < t_c
+    return cand[hit], u[hit] / t_c[hit].clamp(max=_TRIAL_LEVELS)
 
 def _sparse_product(flat: Tensor, values: Tensor, n_samples: int, features: Tensor) -> Tensor:
     "`coefficients @ features.T` for coefficients given by their nonzeros (`values` at ascending `flat` indices): an embedding bag."
@@ -165,21 +190,17 @@ def sharkey_data(n_samples: int, n_inputs: int = 256, n_features: int = 512, avg
     _check_sharkey(n_samples, n_inputs, n_features, avg_active, lambda_decay, covariance)
     check_seed(seed)
     dev = get_device(device)
-    # The bulk random numbers first, before any torch op: for milliseconds after each parallel op torch's OpenMP
+    # All random numbers first, before any torch op: for milliseconds after each parallel op torch's OpenMP
     # threads spin, competing with the threads that draw (on 2 cores, drawing after an op is 20% slower).
+    features, a = _normal((n_inputs, n_features), seed, 4, dev), _normal((n_features, n_features), seed, 5, dev)
     z = _normal((n_samples, n_features), seed, 1, dev)
-    u = _uniform((n_samples, n_features), seed, 2, dev)
-    g = torch.Generator(dev).manual_seed(seed)
-    features = torch.randn(n_inputs, n_features, generator=g, device=dev)
+    k = _trial_ints((n_samples, n_features), seed, 2, dev)
     features /= features.norm(dim=0, keepdim=True)
-    a = torch.randn(n_features, n_features, generator=g, device=dev)
     if covariance == "correlation": a /= a.norm(dim=1, keepdim=True)   # rows of unit norm: Σ = AAᵀ has a unit diagonal
     q = _firing_weights_(z @ a.T.mul(-math.sqrt(0.5)), lambda_decay)   # from -α/√2, α ~ N(0, AAᵀ)
     row_scale = avg_active / (n_features * q.mean(dim=1))               # p = min(1, row_scale·q) averages avg_active / n
-    # One uniform u per entry: the trial is u < p (= u < row_scale·q, as u < 1), and given success u / p is U[0,1)
-    # and independent of the trial, so it is the coefficient.
-    flat = _successes(u, q, row_scale, scratch=z)    # the normals are spent: reuse their memory
-    values = u.view(-1)[flat] / (q.view(-1)[flat] * row_scale[flat // n_features]).clamp_(max=1)
+    t = torch.mul(q, row_scale[:, None] * _TRIAL_LEVELS, out=z)        # p·2^16, into the spent normals' memory
+    flat, values = _successes(k, t, seed, 3)
     coefficients = q.zero_(); coefficients.view(-1)[flat] = values     # q is spent too
     x = _sparse_product(flat, values, n_samples, features)
     return SharkeyData(x=x, features=features, coefficients=coefficients)
