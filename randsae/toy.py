@@ -155,8 +155,8 @@ def _firing_weights_(p: Tensor, lambda_decay: float) -> Tensor:
     "In place, from `-α/√2` to Fig 12's unnormalised probabilities `Φ(α)^(λi)`."
     # Φ(α)^(λi) as exp(λi·log Φ(α)) with Φ(α) = erfc(-α/√2)/2: these kernels are vectorised, ndtr and pow are not (3x faster).
     # The clamps keep every intermediate a normal float (subnormals are ~100x slower on x86). What they change, probabilities
-    # below e^-60 raised to e^-60 (before the rescaling, which multiplies by at most n), cannot fire against a float32
-    # uniform, whose smallest nonzero value is 2^-23: the samples are those of the exact computation.
+    # below e^-60 raised to e^-60 (before the rescaling, which multiplies by at most n), cannot fire against the
+    # trials' uniforms, whose smallest nonzero value is 2^-39: the samples are those of the exact computation.
     exponent = lambda_decay * torch.arange(p.shape[1], device=p.device, dtype=p.dtype)
     torch.special.erfc(p.clamp_(max=9.0), out=p)    # erfc(9) ≈ 4e-37: still a normal float
     return p.mul_(0.5).log_().mul_(exponent).clamp_(min=-60.0).exp_()   # log Φ, not log erfc - log 2: no cancellation
