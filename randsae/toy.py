@@ -98,7 +98,7 @@ def _check_sharkey(n_samples, n_inputs, n_features, avg_active, lambda_decay, co
 _RNG_BLOCKS = 8   # fixed, so the numbers do not depend on the thread count
 _POOL = None
 
-def _rng_blocks(n: int, fn: Callable[[int, int, int], object]) -> list:
+def _pool_blocks(n: int, fn: Callable[[int, int, int], object]) -> list:
     "`fn(i, start, stop)` for each of the `_RNG_BLOCKS` fixed blocks of `range(n)` (rows, or elements), on a thread pool (numpy releases the GIL)."
     global _POOL
     if _POOL is None: _POOL = ThreadPoolExecutor(max(1, torch.get_num_threads()))
@@ -122,7 +122,7 @@ def _uniform(shape: tuple[int, int], seed: int, stream: int, device: torch.devic
     "U[0,1) float32 of `shape`: `_fill_uniform` in fixed row blocks on a thread pool on CPU, torch's generator elsewhere."
     if device.type != "cpu": return torch.rand(shape, generator=_torch_generator(seed, stream, device), device=device)
     out = torch.empty(shape); rows = out.numpy().reshape(shape[0], -1)
-    _rng_blocks(shape[0], lambda i, start, stop: _fill_uniform(rows[start:stop].reshape(-1), seed, stream, i))
+    _pool_blocks(shape[0], lambda i, start, stop: _fill_uniform(rows[start:stop].reshape(-1), seed, stream, i))
     return out
 
 def _normal(shape: tuple[int, int], seed: int, stream: int, device: torch.device) -> Tensor:
@@ -136,7 +136,7 @@ def _normal(shape: tuple[int, int], seed: int, stream: int, device: torch.device
         np.negative(r, out=r); np.log1p(r, out=r); np.multiply(r, -2, out=r); np.sqrt(r, out=r)   # 1 - u > 0: the log is finite
         np.multiply(theta, np.float32(2 * math.pi), out=theta); cos = np.cos(theta)
         np.sin(theta, out=theta); np.multiply(theta, r, out=theta); np.multiply(r, cos, out=r)
-    _rng_blocks(half, box_muller)
+    _pool_blocks(half, box_muller)
     return torch.from_numpy(out[:n]).view(shape)
 
 _TRIAL_LEVELS = 2**16   # a trial's uniform is (k + v) / 2^16, k drawn for every entry, v only where it can matter
@@ -148,7 +148,7 @@ def _trial_ints(shape: tuple[int, int], seed: int, stream: int, device: torch.de
     out = np.empty(shape, dtype=np.uint16)
     def fill(i, start, stop):
         block = out[start:stop].reshape(-1); block[:] = _raw_bits(2 * block.size, seed, stream, i).view(np.uint16)[: block.size]
-    _rng_blocks(shape[0], fill)
+    _pool_blocks(shape[0], fill)
     return torch.from_numpy(out)
 
 def _firing_weights_(p: Tensor, lambda_decay: float) -> Tensor:
@@ -167,8 +167,9 @@ def _successes(k: Tensor, t: Tensor, seed: int, stream: int) -> tuple[Tensor, Te
     # u is then uniform on [0, 1) to float32 precision: the trial fires with probability p, and given that it
     # fires u / p is U[0, 1) and independent of the trial, so it serves as the coefficient.
     if t.device.type == "cpu":   # numpy's comparison and nonzero: 2-3x faster than torch's
-        k_np, t_np = k.numpy().reshape(-1), t.numpy().reshape(-1)
-        cand = np.flatnonzero(k_np < t_np)
+        k_np, t_np, n = k.numpy(), t.numpy(), t.shape[1]
+        cand = np.concatenate(_pool_blocks(t.shape[0], lambda i, start, stop: np.flatnonzero(k_np[start:stop] < t_np[start:stop]) + start * n))
+        k_np, t_np = k_np.reshape(-1), t_np.reshape(-1)
         cand, k_c, t_c = torch.from_numpy(cand), torch.from_numpy(k_np[cand].astype(np.float32)), torch.from_numpy(t_np[cand])
     else:
         cand = (k < t).view(-1).nonzero().squeeze(1); k_c, t_c = k.view(-1)[cand].float(), t.view(-1)[cand]
