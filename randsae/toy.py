@@ -95,15 +95,15 @@ def _check_sharkey(n_samples, n_inputs, n_features, avg_active, lambda_decay, co
     check_range("avg_active", avg_active, 0, n_features, lo_open=True); check_range("lambda_decay", lambda_decay, 0)
     if covariance not in ("raw", "correlation"): raise ValueError(f"covariance must be 'raw' or 'correlation', got {covariance!r}")
 
-_RNG_BLOCKS = 8   # fixed, so the numbers do not depend on the thread count
+_N_BLOCKS = 8   # fixed, so the numbers do not depend on the thread count
 _POOL = None
 
 def _pool_blocks(n: int, fn: Callable[[int, int, int], object]) -> list:
-    "`fn(i, start, stop)` for each of the `_RNG_BLOCKS` fixed blocks of `range(n)` (rows, or elements), on a thread pool (numpy releases the GIL)."
+    "`fn(i, start, stop)` for each of the `_N_BLOCKS` fixed blocks of `range(n)` (rows, or elements), on a thread pool (numpy releases the GIL)."
     global _POOL
     if _POOL is None: _POOL = ThreadPoolExecutor(max(1, torch.get_num_threads()))
-    bounds = [n * i // _RNG_BLOCKS for i in range(_RNG_BLOCKS + 1)]
-    return list(_POOL.map(lambda i: fn(i, bounds[i], bounds[i + 1]), range(_RNG_BLOCKS)))
+    bounds = [n * i // _N_BLOCKS for i in range(_N_BLOCKS + 1)]
+    return list(_POOL.map(lambda i: fn(i, bounds[i], bounds[i + 1]), range(_N_BLOCKS)))
 
 def _raw_bits(n_bytes: int, seed: int, stream: int, i: int) -> np.ndarray:
     "`n_bytes` (or a few more) raw random bytes of block `i` of a stream, as uint64: numpy's SFC64, the fastest of its bit generators."
@@ -121,7 +121,7 @@ def _torch_generator(seed: int, stream: int, device: torch.device) -> torch.Gene
 def _uniform(shape: tuple[int, int], seed: int, stream: int, device: torch.device) -> Tensor:
     "U[0,1) float32 of `shape`: `_fill_uniform` in fixed row blocks on a thread pool on CPU, torch's generator elsewhere."
     if device.type != "cpu": return torch.rand(shape, generator=_torch_generator(seed, stream, device), device=device)
-    out = torch.empty(shape); rows = out.numpy().reshape(shape[0], -1)
+    out = torch.empty(shape); rows = out.numpy().reshape(shape[0], math.prod(shape[1:]))   # not -1: shape may hold a 0
     _pool_blocks(shape[0], lambda i, start, stop: _fill_uniform(rows[start:stop].reshape(-1), seed, stream, i))
     return out
 
