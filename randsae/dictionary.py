@@ -8,7 +8,8 @@ Docs: https://randsae.github.io/randsae/dictionary.html.md"""
 __all__ = ['Activation', 'MseReduction', 'SPARSITY_MEASURES', 'sae_encode', 'sae_loss', 'normalize_decoder_', 'init_sae_weights',
            'ToySAE', 'sae_gradients', 'SweepConfig', 'split_train_val', 'SweepResult', 'train_sweep', 'SparsityMeasure',
            'check_measure', 'sparsity', 'max_cosine', 'mmcs', 'recovery_rate', 'sweep_metrics', 'pareto_front',
-           'pareto_table', 'sparsity_at_explained_variance']
+           'pareto_table', 'sparsity_at_explained_variance', 'sparsity_at_explained_variance_per_seed',
+           'sparsity_advantage', 'mean_squared_norm', 'rescale_to_mean_squared_norm']
 
 # %% ../nbs/02_dictionary.ipynb #3ac993c9
 import math
@@ -23,6 +24,7 @@ from tqdm.auto import tqdm
 
 from .config import get_device
 from .toy import check_positive_int, check_range
+from .stats import interval_table
 
 # %% ../nbs/02_dictionary.ipynb #e88dac72
 Activation = Literal["relu", "topk"]
@@ -243,14 +245,20 @@ def pareto_front(x: Sequence[float], y: Sequence[float], sparser: Literal["lower
     dominated = ((x[None, :] <= x[:, None]) & (y[None, :] >= y[:, None]) & ((x[None, :] < x[:, None]) | (y[None, :] > y[:, None]))).any(1)
     return ~dominated
 
+def _t_bounds(metrics: pd.DataFrame, keys: list[str], value: str, name: str) -> pd.DataFrame:
+    "Keys and the 95% t interval over seeds of `value`, as columns `name`_lo and `name`_hi."
+    ci = interval_table(metrics, keys, value)
+    return ci[[*keys, f"{value}_lo", f"{value}_hi"]].rename(columns={f"{value}_lo": f"{name}_lo", f"{value}_hi": f"{name}_hi"})
+
 def pareto_table(metrics: pd.DataFrame, group_cols: Sequence[str] = ("dataset",), measures: Sequence[str] = tuple(SPARSITY_MEASURES)) -> pd.DataFrame:
-    "Long table: per group, coefficient and measure, mean and standard error over seeds of sparsity and explained variance, and a frontier flag."
+    "Long table: per group, coefficient and measure, mean, standard error and 95% t interval over seeds of sparsity and explained variance, and a frontier flag."
     for m in measures: check_measure(m)
     keys = [*group_cols, "l1_coefficient"]; rows = []
-    g = metrics.groupby(keys)
+    g = metrics.groupby(keys); ev_ci = _t_bounds(metrics, keys, "explained_variance", "explained_variance")
     for m in measures:
         agg = g.agg(sparsity=(m, "mean"), sparsity_se=(m, "sem"), explained_variance=("explained_variance", "mean"),
                     explained_variance_se=("explained_variance", "sem"), n_seeds=("seed", "nunique")).reset_index()
+        agg = agg.merge(_t_bounds(metrics, keys, m, "sparsity"), on=keys).merge(ev_ci, on=keys)
         agg["measure"] = m
         agg[["sparsity_se", "explained_variance_se"]] = agg[["sparsity_se", "explained_variance_se"]].fillna(0.0)
         rows.append(agg)
@@ -275,3 +283,29 @@ def sparsity_at_explained_variance(pareto: pd.DataFrame, levels: Sequence[float]
             val = float(np.interp(lv, ev, sp)) if ev.min() <= lv <= ev.max() else float("nan")
             rows.append({**dict(zip(group_cols, key)), "explained_variance": lv, "measure": measure, "sparsity": val})
     return pd.DataFrame(rows)
+
+# %% ../nbs/02_dictionary.ipynb #70007c4d
+def sparsity_at_explained_variance_per_seed(metrics: pd.DataFrame, levels: Sequence[float], group_cols: Sequence[str] = ("dataset",),
+                                            measures: Sequence[str] = tuple(SPARSITY_MEASURES)) -> pd.DataFrame:
+    "Per group, seed and measure, each seed's own sparsity-vs-explained-variance curve read at each level (NaN where it does not reach it)."
+    keys = [*group_cols, "seed"]; pt = pareto_table(metrics, keys, measures)
+    return pd.concat([sparsity_at_explained_variance(pt, levels, keys, m) for m in measures], ignore_index=True)
+
+def sparsity_advantage(at_ev: pd.DataFrame, a: str, b: str, column: str = "dataset") -> pd.DataFrame:
+    "How many times sparser `a` is than `b` (rows of `at_ev` with those `column` values), per remaining key; above 1 means `a` is sparser."
+    keys = [c for c in at_ev.columns if c not in (column, "sparsity")]
+    wide = at_ev[at_ev[column].isin([a, b])].pivot_table(index=keys, columns=column, values="sparsity", dropna=False)
+    if a not in wide or b not in wide: raise ValueError(f"{column} must hold both {a!r} and {b!r}; found {sorted(at_ev[column].unique())}")
+    higher = wide.index.get_level_values("measure").map(lambda m: SPARSITY_MEASURES[m].sparser == "higher")
+    ratio = np.where(higher, wide[a] / wide[b], wide[b] / wide[a])
+    return wide.reset_index()[keys].assign(advantage=ratio)
+
+# %% ../nbs/02_dictionary.ipynb #c08bf756
+def mean_squared_norm(x: Tensor) -> Tensor:
+    "Mean over samples of the squared L2 norm, in float64: `x` (..., n, d) -> (...)."
+    return torch.linalg.vector_norm(x, dim=-1, dtype=torch.float64).pow(2).mean(-1)
+
+def rescale_to_mean_squared_norm(x: Tensor, target: Tensor | float) -> Tensor:
+    "`x` (..., n, d) multiplied by one factor per leading index so its mean squared norm per sample equals `target` (broadcast over leading dims)."
+    factor = (torch.as_tensor(target, dtype=torch.float64, device=x.device) / mean_squared_norm(x)).sqrt()
+    return x * factor.to(x.dtype)[..., None, None]
