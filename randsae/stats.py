@@ -63,17 +63,21 @@ def cluster_bootstrap_interval(df: pd.DataFrame, cluster: str | Sequence[str], s
     return {"estimate": est, "lo": float(np.quantile(reps, q)), "hi": float(np.quantile(reps, 1 - q)), "n": n}
 
 # %% ../nbs/09_stats.ipynb #02e29ce5
-def interval_table(df: pd.DataFrame, by: str | Sequence[str], value: str, method: str = "t", confidence: float = CONFIDENCE,
-                   **kwargs) -> pd.DataFrame:
-    "One row per group of `by`: `value` (mean), `value_lo`, `value_hi` and `n`, by t interval ('t') or bootstrap ('bootstrap')."
+def interval_table(df: pd.DataFrame, by: str | Sequence[str], value: str | Sequence[str], method: str = "t",
+                   confidence: float = CONFIDENCE, **kwargs) -> pd.DataFrame:
+    "One row per group of `by`: for each `value` its mean, `<value>_lo` and `<value>_hi`, then `n` (finite values of the first), by 't' or 'bootstrap'."
     if method not in ("t", "bootstrap"): raise ValueError(f"method must be 't' or 'bootstrap', got {method!r}")
-    if value not in df.columns: raise ValueError(f"value {value!r} is not a column; columns: {list(df.columns)}")
+    values = [value] if isinstance(value, str) else list(value); keys = [by] if isinstance(by, str) else list(by)
+    missing = [v for v in values if v not in df.columns]
+    if missing: raise ValueError(f"value {missing[0]!r} is not a column; columns: {list(df.columns)}")
     rows = []
-    for key, g in df.groupby(by, sort=True):
-        r = t_interval(g[value], confidence) if method == "t" else bootstrap_interval(g[value], confidence=confidence, **kwargs)
-        key = key if isinstance(key, tuple) else (key,)
-        rows.append({**dict(zip([by] if isinstance(by, str) else by, key)), value: r.get("mean", r.get("estimate")),
-                     f"{value}_lo": r["lo"], f"{value}_hi": r["hi"], "n": r["n"]})
+    for key, g in df.groupby(keys, sort=True):
+        row = dict(zip(keys, key if isinstance(key, tuple) else (key,)))
+        for i, v in enumerate(values):
+            r = t_interval(g[v], confidence) if method == "t" else bootstrap_interval(g[v], confidence=confidence, **kwargs)
+            row |= {v: r.get("mean", r.get("estimate")), f"{v}_lo": r["lo"], f"{v}_hi": r["hi"]}
+            if i == 0: n = r["n"]
+        rows.append(row | {"n": n})
     return pd.DataFrame(rows)
 
 # %% ../nbs/09_stats.ipynb #6261e0d3
