@@ -76,16 +76,19 @@ def pareto_chart(table: pd.DataFrame, measure: str, title: str = "", color_col: 
 
 # %% ../nbs/04_plots.ipynb #e4d61832
 def interval_chart(table: pd.DataFrame, x: str, value: str, color: str, column: str | None = None, title: str = "",
-                   reference: float | None = None, y_title: str | None = None, width: int = 180, height: int = 200) -> alt.TopLevelMixin:
-    "Points of `value` with bars from `value`_lo to `value`_hi against the ordinal `x`, one colour per `color`, faceted by `column`."
+                   reference: float | None = None, y_title: str | None = None, x_title: str | None = None, width: int = 180, height: int = 200) -> alt.TopLevelMixin:
+    "Points of `value` with bars from `value`_lo to `value`_hi against the ordinal `x`, one colour per `color`, faceted by `column` (panels in table order)."
     missing = [c for c in (x, value, f"{value}_lo", f"{value}_hi", color, *([column] if column else [])) if c not in table.columns]
     if missing: raise ValueError(f"table lacks column(s) {missing}")
-    df = table.copy(); df[f"{value}_lo"] = df[f"{value}_lo"].fillna(df[value]); df[f"{value}_hi"] = df[f"{value}_hi"].fillna(df[value])
-    enc = dict(x=alt.X(f"{x}:O"), xOffset=alt.XOffset(f"{color}:N"), color=alt.Color(f"{color}:N", title=None))
+    df = table.dropna(subset=[value]).copy()
+    if df.empty:   # nothing measured (e.g. no curve reached the level): say so rather than draw an empty, unsizable chart
+        return alt.Chart(pd.DataFrame({"t": ["no finite values to show"]})).mark_text().encode(text="t:N").properties(title=title, width=width, height=40)
+    df[f"{value}_lo"] = df[f"{value}_lo"].fillna(df[value]); df[f"{value}_hi"] = df[f"{value}_hi"].fillna(df[value])
+    enc = dict(x=alt.X(f"{x}:O", title=x_title or x), xOffset=alt.XOffset(f"{color}:N"), color=alt.Color(f"{color}:N", title=None))
     y = alt.Y(f"{value}:Q", title=y_title or value, scale=alt.Scale(zero=False))
     tip = [x, color, alt.Tooltip(f"{value}:Q", format=".3f"), alt.Tooltip(f"{value}_lo:Q", format=".3f"), alt.Tooltip(f"{value}_hi:Q", format=".3f")]
     layers = [alt.Chart().mark_rule().encode(y=alt.Y(f"{value}_lo:Q"), y2=f"{value}_hi:Q", **enc),
               alt.Chart().mark_point(filled=True, size=50).encode(y=y, tooltip=tip, **enc)]
     if reference is not None: layers.insert(0, alt.Chart().mark_rule(strokeDash=[4, 4], color="gray").encode(y=alt.datum(reference)))
     chart = alt.layer(*layers, data=df).properties(width=width, height=height)
-    return (chart.facet(column=alt.Column(f"{column}:N", title=None)) if column else chart).properties(title=title)
+    return (chart.facet(column=alt.Column(f"{column}:N", title=None, sort=list(df[column].unique()))) if column else chart).properties(title=title)
