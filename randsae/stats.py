@@ -64,8 +64,8 @@ def cluster_bootstrap_interval(df: pd.DataFrame, cluster: str | Sequence[str], s
 
 # %% ../nbs/09_stats.ipynb #02e29ce5
 def interval_table(df: pd.DataFrame, by: str | Sequence[str], value: str | Sequence[str], method: str = "t",
-                   confidence: float = CONFIDENCE, **kwargs) -> pd.DataFrame:
-    "One row per group of `by`: for each `value` its mean, `<value>_lo` and `<value>_hi`, then `n` (finite values of the first), by 't' or 'bootstrap'."
+                   confidence: float = CONFIDENCE, bounds: Mapping[str, tuple[float, float]] | None = None, **kwargs) -> pd.DataFrame:
+    "One row per group of `by`: for each `value` its mean, `<value>_lo` and `<value>_hi` (clipped to `bounds[value]`), then `n` (finite values of the first)."
     if method not in ("t", "bootstrap"): raise ValueError(f"method must be 't' or 'bootstrap', got {method!r}")
     values = [value] if isinstance(value, str) else list(value); keys = [by] if isinstance(by, str) else list(by)
     missing = [v for v in values if v not in df.columns]
@@ -75,7 +75,9 @@ def interval_table(df: pd.DataFrame, by: str | Sequence[str], value: str | Seque
         row = dict(zip(keys, key if isinstance(key, tuple) else (key,)))
         for i, v in enumerate(values):
             r = t_interval(g[v], confidence) if method == "t" else bootstrap_interval(g[v], confidence=confidence, **kwargs)
-            row |= {v: r.get("mean", r.get("estimate")), f"{v}_lo": r["lo"], f"{v}_hi": r["hi"]}
+            lo, hi = (bounds or {}).get(v, (-math.inf, math.inf))   # a t interval of a share can leave [0, 1]: the share cannot
+            row |= {v: r.get("mean", r.get("estimate")), f"{v}_lo": max(r["lo"], lo) if np.isfinite(r["lo"]) else r["lo"],
+                    f"{v}_hi": min(r["hi"], hi) if np.isfinite(r["hi"]) else r["hi"]}
             if i == 0: n = r["n"]
         rows.append(row | {"n": n})
     return pd.DataFrame(rows)
