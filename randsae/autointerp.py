@@ -6,18 +6,19 @@ Docs: https://randsae.github.io/randsae/autointerp.html.md"""
 
 # %% auto #0
 __all__ = ['log', 'L_DELIM', 'R_DELIM', 'EXPLAINER_SYSTEM', 'EXPLAINER_SHOTS', 'FUZZ_SYSTEM', 'DETECTION_SYSTEM', 'FUZZ_SHOTS',
-           'DETECTION_SHOTS', 'SCORERS', 'NULL_EXPLAINER', 'HEADLINE_SCORER', 'display_token', 'vocab_strings',
-           'synthetic_vocab', 'highlight', 'explainer_example', 'explainer_messages', 'scoring_user_message',
-           'fuzz_messages', 'detection_messages', 'fuzz_text', 'detection_text', 'parse_explanation',
-           'parse_predictions', 'prob_one', 'ScoringSet', 'fuzz_set', 'detection_set', 'scoring_set',
-           'records_from_arrays', 'explainer_prompts', 'scoring_prompts', 'null_explanations', 'describe_tokens',
-           'null_scores', 'null_model_scores', 'latent_metrics', 'record_entropies', 'auroc_table', 'pooled_metrics',
-           'roc_curves', 'latent_table', 'feature_card_html', 'feature_cards_html', 'synthetic_records',
-           'null_model_latents_per_s']
+           'DETECTION_SHOTS', 'SCORERS', 'NEGATIVE_MARKS', 'NULL_EXPLAINER', 'HEADLINE_SCORER', 'display_token',
+           'vocab_strings', 'synthetic_vocab', 'highlight', 'explainer_example', 'explainer_messages',
+           'scoring_user_message', 'fuzz_messages', 'detection_messages', 'fuzz_text', 'detection_text',
+           'parse_explanation', 'parse_predictions', 'prob_one', 'NegativeMarks', 'ScoringSet', 'fuzz_set',
+           'detection_set', 'scoring_set', 'records_from_arrays', 'explainer_prompts', 'scoring_prompts',
+           'null_explanations', 'describe_tokens', 'null_scores', 'null_model_scores', 'latent_metrics',
+           'record_entropies', 'auroc_table', 'pooled_metrics', 'roc_curves', 'latent_table', 'feature_card_html',
+           'feature_cards_html', 'synthetic_records', 'null_model_latents_per_s', 'null_calibration']
 
 # %% ../nbs/17_autointerp.ipynb #d48df2c6
 import html, json, logging, math, re, time
 from dataclasses import dataclass
+from enum import Enum
 from typing import Mapping, Sequence
 
 import numpy as np
@@ -192,6 +193,13 @@ def prob_one(top_logprobs: Mapping[str, float]) -> float | None:
 # %% ../nbs/17_autointerp.ipynb #2bc521cc
 SCORERS = ("fuzz", "detection")
 
+class NegativeMarks(str, Enum):
+    "How many random tokens a fuzzing negative gets marked."
+    positive_draw = "positive_draw"   # the marked count of a random positive of the same latent: same distribution as the positives (calibrated)
+    ceil_mean = "ceil_mean"           # ceil(mean marked count of the latent's positives) for every negative (delphi's fuzz.py; biased, kept to measure it)
+
+NEGATIVE_MARKS = tuple(m.value for m in NegativeMarks)
+
 @dataclass
 class ScoringSet:
     "The examples one scorer classifies: rows of (latent, label, tokens, marked), grouped by latent."
@@ -228,19 +236,30 @@ def _make_set(scorer: str, records: LatentRecords, idx: np.ndarray, marked: np.n
     return ScoringSet(scorer, ex.latent.to_numpy()[idx], (ex.split.to_numpy()[idx] == "test").astype(np.int8), records.tokens[idx], marked,
                       idx, ex["quantile"].to_numpy()[idx])
 
-def fuzz_set(records: LatentRecords, threshold: float = 0.3, seed: int = 0) -> ScoringSet:
-    "Fuzzing rows: test examples with tokens `>= threshold x` their max marked, negatives with as many random tokens marked."
+def _draw_marks(li: np.ndarray, pos: np.ndarray, n_marked: np.ndarray, rng: np.random.Generator, W: int) -> np.ndarray:
+    "Marks per negative: the marked count of a positive of the same latent drawn at random (1 when the latent has none)."
+    o = np.flatnonzero(pos)[np.argsort(li[pos], kind="stable")]; counts = n_marked[o]   # positives' counts grouped by latent
+    n_pos = np.bincount(li[pos], minlength=li.max() + 1 if len(li) else 0); start = np.r_[0, np.cumsum(n_pos)[:-1]]
+    neg = np.flatnonzero(~pos); ln = li[neg]
+    pick = start[ln] + np.floor(rng.random(len(neg)) * n_pos[ln]).astype(np.int64)
+    k = np.where(n_pos[ln] > 0, counts[np.minimum(pick, max(len(counts) - 1, 0))] if len(counts) else 1, 1)
+    return np.clip(k, 1, W).astype(int)
+
+def fuzz_set(records: LatentRecords, threshold: float = 0.3, seed: int = 0, negative_marks: str = "positive_draw") -> ScoringSet:
+    "Fuzzing rows: test examples with tokens `>= threshold x` their max marked, negatives with random marks counted as `negative_marks` says."
     check_range("threshold", threshold, 0, 1)
+    if negative_marks not in NEGATIVE_MARKS: raise ValueError(f"negative_marks must be one of {list(NEGATIVE_MARKS)}, got {negative_marks!r}")
     idx = _scored_rows(records, seed); acts = records.activations[idx]
     pos = records.examples.split.to_numpy()[idx] == "test"; W = acts.shape[1]
     marked = (acts > 0) & (acts >= threshold * acts.max(1, keepdims=True))
     _, li = np.unique(records.examples.latent.to_numpy()[idx], return_inverse=True)
-    n_marked = np.bincount(li[pos], weights=marked[pos].sum(1), minlength=li.max() + 1 if len(li) else 0)
-    n_pos = np.bincount(li[pos], minlength=len(n_marked))
-    k = np.clip(np.ceil(n_marked / np.maximum(n_pos, 1)), 1, W).astype(int)    # per latent
     neg = np.flatnonzero(~pos)
+    if negative_marks == NegativeMarks.ceil_mean:
+        n_marked = np.bincount(li[pos], weights=marked[pos].sum(1), minlength=li.max() + 1 if len(li) else 0)
+        k = np.clip(np.ceil(n_marked / np.maximum(np.bincount(li[pos], minlength=len(n_marked)), 1)), 1, W).astype(int)[li[neg]]
+    else: k = _draw_marks(li, pos, marked.sum(1), np.random.default_rng([seed, 2]), W)
     ranks = np.random.default_rng([seed, 1]).random((len(neg), W)).argsort(1).argsort(1)
-    marked[neg] = ranks < k[li[neg]][:, None]
+    marked[neg] = ranks < k[:, None]
     return _make_set("fuzz", records, idx, marked)
 
 def detection_set(records: LatentRecords, seed: int = 0) -> ScoringSet:
@@ -248,10 +267,10 @@ def detection_set(records: LatentRecords, seed: int = 0) -> ScoringSet:
     idx = _scored_rows(records, seed)
     return _make_set("detection", records, idx, np.zeros(records.tokens[idx].shape, bool))
 
-def scoring_set(records: LatentRecords, scorer: str, threshold: float = 0.3, seed: int = 0) -> ScoringSet:
+def scoring_set(records: LatentRecords, scorer: str, threshold: float = 0.3, seed: int = 0, negative_marks: str = "positive_draw") -> ScoringSet:
     "The `scorer` ('fuzz' or 'detection') rows of `records`."
     if scorer not in SCORERS: raise ValueError(f"scorer must be one of {list(SCORERS)}, got {scorer!r}")
-    return fuzz_set(records, threshold, seed) if scorer == "fuzz" else detection_set(records, seed)
+    return fuzz_set(records, threshold, seed, negative_marks) if scorer == "fuzz" else detection_set(records, seed)
 
 # %% ../nbs/17_autointerp.ipynb #cfc2aed6
 def records_from_arrays(latent, split, tokens, activations, *, variant: str | None = None, layer: int | None = None) -> LatentRecords:
@@ -343,16 +362,17 @@ def null_scores(sset: ScoringSet, explanations: pd.DataFrame) -> np.ndarray:
 
 # %% ../nbs/17_autointerp.ipynb #ced91d4e
 NULL_EXPLAINER = "token_null"
-_KEYS = ["variant", "layer", "latent", "explainer", "scorer"]
+_KEYS = ["variant", "seed", "layer", "latent", "explainer", "scorer"]   # seed: of the SAE and variant construction
 
-def null_model_scores(records: LatentRecords, *, mass: float = 0.8, threshold: float = 0.3, seed: int = 0, scorers: Sequence[str] = SCORERS) -> pd.DataFrame:
+def null_model_scores(records: LatentRecords, *, mass: float = 0.8, threshold: float = 0.3, seed: int = 0, scorers: Sequence[str] = SCORERS,
+                      negative_marks: str = "positive_draw") -> pd.DataFrame:
     "Scores table of the token-identity null model on `records` for each scorer in `scorers`."
     expl = null_explanations(records, mass); out = []; w, rows = None, None
     for sc in scorers:
-        s = scoring_set(records, sc, threshold, seed)
+        s = scoring_set(records, sc, threshold, seed, negative_marks)
         if rows is None or not np.array_equal(rows, s.example):   # the scorers share their rows: look the tokens up once
             w, rows = _token_weights(s.latent, s.tokens, expl), s.example
-        out.append(pd.DataFrame({"variant": records.variant, "layer": records.layer, "latent": s.latent, "explainer": NULL_EXPLAINER,
+        out.append(pd.DataFrame({"variant": records.variant, "seed": records.seed, "layer": records.layer, "latent": s.latent, "explainer": NULL_EXPLAINER,
                                  "scorer": sc, "example": s.example, "label": s.label, "quantile": s.quantile, "probability": _null_prob(s, w)}))
     return pd.concat(out, ignore_index=True)
 
@@ -363,6 +383,7 @@ def _metrics(label: np.ndarray, prob: np.ndarray) -> dict:
     return {"auroc": np.nan, "balanced_accuracy": np.nan, "n_pos": n_pos, "n_neg": n_neg}
 
 def _check_scores(scores: pd.DataFrame) -> pd.DataFrame:
+    if "seed" not in scores.columns: scores = scores.assign(seed=0)   # a table without seeds is one seed, 0
     missing = [c for c in _KEYS + ["label", "probability"] if c not in scores.columns]
     if missing: raise ValueError(f"scores lacks columns {missing}")
     if scores.probability.isna().any(): raise ValueError("scores has missing probabilities: drop or count failed scorings before computing metrics")
@@ -379,25 +400,26 @@ def record_entropies(records: LatentRecords, vocab_size: int | None = None) -> p
     m = records.mask("train"); W = records.window_len
     ge = grouped_token_entropy(np.repeat(records.examples.latent.to_numpy()[m], W), records.tokens[m].ravel(),
                                records.activations[m].ravel(), vocab_size)
-    return pd.DataFrame({"variant": records.variant, "layer": records.layer, "latent": ge.group.astype(np.int64),
+    return pd.DataFrame({"variant": records.variant, "seed": records.seed, "layer": records.layer, "latent": ge.group.astype(np.int64),
                          "entropy": ge.entropy, "normalized_entropy": ge.normalized_entropy})
 
 def auroc_table(scores: pd.DataFrame, entropies: pd.DataFrame) -> pd.DataFrame:
-    "Tidy per-latent table: variant, layer, latent, explainer, scorer, auroc, entropy, normalized_entropy, balanced_accuracy, n_pos, n_neg."
+    "Tidy per-latent table: variant, seed, layer, latent, explainer, scorer, auroc, entropy, normalized_entropy, balanced_accuracy, n_pos, n_neg."
     met = latent_metrics(scores)
-    ent = entropies[["variant", "layer", "latent", "entropy", "normalized_entropy"]]
-    out = met.merge(ent, on=["variant", "layer", "latent"], how="left")
+    if "seed" not in entropies.columns: entropies = entropies.assign(seed=0)
+    ent = entropies[["variant", "seed", "layer", "latent", "entropy", "normalized_entropy"]]
+    out = met.merge(ent, on=["variant", "seed", "layer", "latent"], how="left")
     return out[_KEYS + ["auroc", "entropy", "normalized_entropy", "balanced_accuracy", "n_pos", "n_neg"]]
 
 def pooled_metrics(scores: pd.DataFrame) -> pd.DataFrame:
-    "AUROC and balanced accuracy over all examples of all latents, per (variant, layer, explainer, scorer)."
+    "AUROC and balanced accuracy over all examples of all latents, per (variant, seed, layer, explainer, scorer): the paper's pooled ROC."
     keys = [k for k in _KEYS if k != "latent"]; rows = []
     for k, g in _check_scores(scores).groupby(keys, dropna=False, sort=True):
         rows.append({**dict(zip(keys, k)), **_metrics(g.label.to_numpy(), g.probability.to_numpy()), "n_latents": g.latent.nunique()})
     return pd.DataFrame(rows, columns=keys + ["auroc", "balanced_accuracy", "n_pos", "n_neg", "n_latents"])
 
 def roc_curves(scores: pd.DataFrame) -> pd.DataFrame:
-    "Pooled ROC curve points (fpr, tpr, threshold) per (variant, layer, explainer, scorer), from `sklearn.metrics.roc_curve`."
+    "Pooled ROC curve points (fpr, tpr, threshold) per (variant, seed, layer, explainer, scorer), from `sklearn.metrics.roc_curve`."
     keys = [k for k in _KEYS if k != "latent"]; parts = []
     for k, g in _check_scores(scores).groupby(keys, dropna=False, sort=True):
         if g.label.nunique() < 2: continue
@@ -409,15 +431,15 @@ def roc_curves(scores: pd.DataFrame) -> pd.DataFrame:
 HEADLINE_SCORER = "fuzz"   # the paper's scorer (Section 3.1)
 
 def latent_table(table: pd.DataFrame, headline: str = HEADLINE_SCORER) -> pd.DataFrame:
-    "`auroc_table` output widened to one row per (variant, layer, latent, explainer): `auroc` is the `headline` scorer's."
-    keys = ["variant", "layer", "latent", "explainer"]
+    "`auroc_table` output widened to one row per (variant, seed, layer, latent, explainer): `auroc` is the `headline` scorer's."
+    keys = ["variant", "seed", "layer", "latent", "explainer"]
     if headline not in set(table.scorer): raise ValueError(f"headline scorer {headline!r} not in the table's scorers {sorted(set(table.scorer))}")
     # unstack, not pivot_table: only the (variant, layer, latent, explainer) that exist, NaN AUROCs kept
     wide = table.set_index(keys + ["scorer"])[["auroc", "balanced_accuracy", "n_pos", "n_neg"]].unstack("scorer")
     wide.columns = [f"{m}_{s}" for m, s in wide.columns]
     ent = table.groupby(keys, dropna=False)[["entropy", "normalized_entropy"]].first()
     out = wide.join(ent).reset_index()
-    out.insert(4, "auroc", out[f"auroc_{headline}"]); out.insert(5, "scorer", headline)
+    out.insert(5, "auroc", out[f"auroc_{headline}"]); out.insert(6, "scorer", headline)
     lead = keys + ["auroc", "scorer", "entropy", "normalized_entropy"]
     return out[lead + [c for c in out.columns if c not in lead]]
 
@@ -455,15 +477,17 @@ def feature_cards_html(cards: Sequence[str], title: str = "Example features") ->
 
 # %% ../nbs/17_autointerp.ipynb #f2e3177d
 def synthetic_records(n_latents: int = 1000, n_train: int = 40, n_test: int = 50, n_negative: int = 50, window_len: int = 32,
-                      vocab_size: int = 50_304, density: float = 0.05, seed: int = 0) -> LatentRecords:
-    "Random records of the given sizes: activating rows have exponential activations on a `density` share of positions (at least one)."
+                      vocab_size: int = 50_304, density: float = 0.05, seed: int = 0, zipf_exponent: float = 0.0) -> LatentRecords:
+    "Random records, activations independent of the tokens: exponential on a `density` share of positions (at least one); tokens Zipf(`zipf_exponent`) over the vocabulary (0: uniform)."
     for f, v in (("n_latents", n_latents), ("n_train", n_train), ("n_test", n_test), ("window_len", window_len), ("vocab_size", vocab_size)):
         check_positive_int(f, v)
     check_range("density", density, 0, 1, lo_open=True)
     rng = np.random.default_rng(seed); per = n_train + n_test + n_negative
     split = np.tile(np.array(["train"] * n_train + ["test"] * n_test + ["negative"] * n_negative), n_latents)
     latent = np.repeat(np.arange(n_latents), per); n = len(latent)
-    tokens = rng.integers(0, vocab_size, (n, window_len))
+    check_range("zipf_exponent", zipf_exponent, 0)
+    p = np.arange(1, vocab_size + 1, dtype=np.float64) ** -zipf_exponent
+    tokens = rng.choice(vocab_size, (n, window_len), p=p / p.sum())
     act = np.where(rng.random((n, window_len)) < density, rng.exponential(1.0, (n, window_len)), 0.0).astype(np.float32)
     act[np.arange(n), rng.integers(0, window_len, n)] += 0.5                       # every window active somewhere ...
     act[split == "negative"] = 0.0                                                  # ... except the negatives
@@ -478,3 +502,13 @@ def null_model_latents_per_s(n_latents: int = 1000, repeats: int = 3, **record_k
         t = time.perf_counter(); s = null_model_scores(rec); best = min(best, time.perf_counter() - t)
     return {"null_model_latents_per_s": n_latents / best, "seconds": best, "n_latents": n_latents, "n_scored": len(s),
             "window_len": rec.window_len}
+
+# %% ../nbs/17_autointerp.ipynb #79f5505b
+def null_calibration(n_latents: int = 1000, negative_marks: str = "positive_draw", vocab_size: int = 200, zipf_exponent: float = 1.0,
+                     density: float = 0.1, seed: int = 0) -> pd.DataFrame:
+    "Mean per-latent AUROC of the null model (and its SE, its distance from 0.5 in SEs) on token-independent synthetic latents, per scorer."
+    rec = synthetic_records(n_latents, n_train=40, n_test=100, n_negative=50, vocab_size=vocab_size, density=density, seed=seed,
+                            zipf_exponent=zipf_exponent)
+    m = latent_metrics(null_model_scores(rec, seed=seed, negative_marks=negative_marks))
+    out = m.groupby("scorer").auroc.agg(auroc_latent_mean="mean", auroc_sem="sem", n_latents="count").reset_index()
+    return out.assign(negative_marks=negative_marks, z_from_half=(out.auroc_latent_mean - 0.5) / out.auroc_sem)

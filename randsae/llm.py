@@ -572,6 +572,6 @@ def llm_scores(records: LatentRecords, explanations: Mapping[int, str], client: 
             for rows, lp in zip(part.rows, client.score_batch(list(part.messages))):
                 p = prob_one(lp) if lp else None
                 if p is not None: probs[rows[0]] = p
-        out.append(pd.DataFrame({"variant": records.variant, "layer": records.layer, "latent": s.latent, "explainer": explainer or client.model,
+        out.append(pd.DataFrame({"variant": records.variant, "seed": records.seed, "layer": records.layer, "latent": s.latent, "explainer": explainer or client.model,
                                  "scorer": sc, "example": s.example, "label": s.label, "quantile": s.quantile, "probability": probs}))
     return pd.concat(out, ignore_index=True)

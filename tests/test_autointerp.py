@@ -164,3 +164,29 @@ def test_records_windows_splits_and_skipped():
     assert len(tr) == 5 and len(te) == 10 and not tr & te
     assert rec.activations[(ex.split == "negative").to_numpy()].sum() == 0
     assert (ex[ex.split == "test"]["quantile"].value_counts() == 2).all()                    # 10 test examples over 5 bins
+
+
+# ---------------------------------------------------------------- calibration: a token-free latent scores 0.5
+
+def test_null_fuzz_scorer_is_calibrated():
+    "On 1,000 latents whose activations ignore the tokens the null model's AUROC is within 2 SE of 0.5; the old fixed mark count is not."
+    from randsae.autointerp import null_calibration
+    new = null_calibration(1000, "positive_draw").set_index("scorer")
+    assert (new.n_latents == 1000).all() and (new.z_from_half.abs() < 2).all(), new
+    old = null_calibration(1000, "ceil_mean").set_index("scorer")
+    assert abs(old.z_from_half["fuzz"]) > 2, old
+
+
+def test_train_types_and_cache_records():
+    from randsae.latents import RecordConfig, TrainType, CacheRecordBuilder, usage_table
+    from randsae.saes import SaeTrainConfig, initial_sae
+    assert RecordConfig().train_type == TrainType.random and (RecordConfig().n_test, RecordConfig().min_examples) == (100, 200)
+    sae = initial_sae(SaeTrainConfig(expansion_factor=4, k=8), 16).requires_grad_(False)
+    tokens = torch.randint(0, 30, (40, 16), generator=torch.Generator().manual_seed(0))
+    acts = torch.randn(40 * 16, 16, generator=torch.Generator().manual_seed(1))
+    cfg = RecordConfig(n_latents=5, window_len=4, n_train=4, n_test=8, n_negative=4, n_quantiles=4, min_examples=12)
+    b = CacheRecordBuilder(sae, 40, 16, cfg)
+    for s in range(0, 40, 8): b.update(acts[s * 16:(s + 8) * 16], s)
+    rec = b.finish(tokens, variant="control", layer=0, seed=1)
+    u = usage_table([rec]).iloc[0]
+    assert u.num_latents == 64 and u.dead + u.alive == 64 and u.sampled == 5 and u.used + u.too_rare == 5 and rec.seed == 1
