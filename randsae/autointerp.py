@@ -12,8 +12,9 @@ __all__ = ['log', 'L_DELIM', 'R_DELIM', 'EXPLAINER_SYSTEM', 'EXPLAINER_SHOTS', '
            'parse_explanation', 'parse_predictions', 'prob_one', 'NegativeMarks', 'ScoringSet', 'fuzz_set',
            'detection_set', 'scoring_set', 'records_from_arrays', 'explainer_prompts', 'scoring_prompts',
            'null_explanations', 'describe_tokens', 'null_scores', 'null_model_scores', 'latent_metrics',
-           'record_entropies', 'auroc_table', 'pooled_metrics', 'roc_curves', 'latent_table', 'feature_card_html',
-           'feature_cards_html', 'synthetic_records', 'null_model_latents_per_s', 'null_calibration']
+           'record_entropies', 'auroc_table', 'pooled_metrics', 'roc_curves', 'latent_table', 'auroc_intervals',
+           'feature_card_html', 'feature_cards_html', 'synthetic_records', 'null_model_latents_per_s',
+           'null_calibration']
 
 # %% ../nbs/17_autointerp.ipynb #d48df2c6
 import html, json, logging, math, re, time
@@ -28,6 +29,7 @@ from sklearn.metrics import balanced_accuracy_score, roc_auc_score, roc_curve
 from .toy import check_positive_int, check_range
 from .entropy import grouped_token_entropy
 from .latents import LatentRecords, SPLITS
+from .stats import bootstrap_interval, cluster_bootstrap_interval
 
 log = logging.getLogger(__name__)
 
@@ -442,6 +444,24 @@ def latent_table(table: pd.DataFrame, headline: str = HEADLINE_SCORER) -> pd.Dat
     out.insert(5, "auroc", out[f"auroc_{headline}"]); out.insert(6, "scorer", headline)
     lead = keys + ["auroc", "scorer", "entropy", "normalized_entropy"]
     return out[lead + [c for c in out.columns if c not in lead]]
+
+# %% ../nbs/17_autointerp.ipynb #6dc224a3
+_CLUSTER = ["variant", "seed", "layer", "latent"]
+
+def _pooled_auroc(d: pd.DataFrame) -> float:
+    return float(roc_auc_score(d.label, d.probability)) if d.label.nunique() == 2 else np.nan
+
+def auroc_intervals(scores: pd.DataFrame, by: Sequence[str] = ("explainer", "scorer", "variant"), n_resamples: int = 200,
+                    seed: int = 0) -> pd.DataFrame:
+    "Per group of `by`: pooled AUROC with its cluster-bootstrap 95% interval over latents, per-latent mean AUROC with its bootstrap interval, n_latents."
+    sc, by = _check_scores(scores), list(by); per = latent_metrics(sc); rows = []
+    for key, g in sc.groupby(by, sort=True):
+        key = dict(zip(by, key if isinstance(key, tuple) else (key,)))
+        pooled = cluster_bootstrap_interval(g, _CLUSTER, _pooled_auroc, n_resamples=n_resamples, seed=seed)
+        lm = bootstrap_interval(per.loc[(per[by] == pd.Series(key)).all(axis=1), "auroc"], n_resamples=max(n_resamples, 1000), seed=seed)
+        rows.append({**key, "auroc_pooled": pooled["estimate"], "auroc_pooled_lo": pooled["lo"], "auroc_pooled_hi": pooled["hi"],
+                     "auroc_latent_mean": lm["estimate"], "auroc_latent_mean_lo": lm["lo"], "auroc_latent_mean_hi": lm["hi"], "n_latents": pooled["n"]})
+    return pd.DataFrame(rows)
 
 # %% ../nbs/17_autointerp.ipynb #4302f128
 def _card_example(str_tokens: Sequence[str], acts: np.ndarray, max_act: float) -> str:

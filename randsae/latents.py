@@ -322,8 +322,8 @@ class CacheRecordBuilder:
             log.warning("only %d of %d candidates are alive (%d wanted): raise candidate_factor", len(alive), len(self.candidates), self.config.n_latents)
         return np.sort(alive[: self.config.n_latents]).astype(np.int64)
 
-    def finish(self, tokens: Tensor, *, variant: str | None = None, layer: int | None = None, seed: int = 0) -> LatentRecords:
-        "Records of the sampled alive latents from the cache `tokens` (n_chunks, ctx_len), with `usage()` in `records.usage`."
+    def finish(self, tokens: Tensor, *, variant: str | None = None, layer: int | None = None, seed: int = 0, train_type: str | None = None) -> LatentRecords:
+        "Records of the sampled alive latents from the cache `tokens` (n_chunks, ctx_len), with `usage()` in `records.usage`; `train_type` overrides the config's."
         tokens = _check_tokens(tokens)
         if tuple(tokens.shape) != (self.n_chunks, self.ctx_len): raise ValueError(f"tokens must be ({self.n_chunks}, {self.ctx_len}), got {tuple(tokens.shape)}")
         if not self.seen.all(): log.warning("%d of %d cache chunks were never encoded", (~self.seen).sum(), self.n_chunks)
@@ -332,7 +332,8 @@ class CacheRecordBuilder:
         if self.parts: p, c, v = (np.concatenate(x) for x in zip(*self.parts))
         else: p, c, v = np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32)
         c = col_of[c.astype(np.int64)]; k = c >= 0
-        rec = build_records(tokens, p[k], c[k], v[k], lat, self.config, variant=variant, layer=layer, seed=seed)
+        cfg = self.config if train_type is None else RecordConfig(**{**asdict(self.config), "train_type": train_type})
+        rec = build_records(tokens, p[k], c[k], v[k], lat, cfg, variant=variant, layer=layer, seed=seed)
         rec.usage = self.usage(rec); return rec
 
     def usage(self, records: LatentRecords | None = None) -> dict:
@@ -343,15 +344,17 @@ class CacheRecordBuilder:
         return u
 
 def cache_records(model: nn.Module, saes: Mapping[tuple[int, int], nn.Module], tokens: Tensor, config: RecordConfig | None = None, *,
-                  variant: str | None = None, batch_size_chunks: int = 16, device=None) -> dict[tuple[int, int], LatentRecords]:
-    "Records per (seed, layer) of `saes` that all read `model`, from one streamed pass over the cache `tokens`."
+                  variant: str | None = None, train_types: Sequence[str] | None = None, batch_size_chunks: int = 16,
+                  device=None) -> dict[tuple[int, int, str], LatentRecords]:
+    "Records per (seed, layer, train type) of `saes` that all read `model` (train types: the config's, or `train_types`), from one pass over the cache `tokens`."
     cfg = config or RecordConfig(); tokens = _check_tokens(tokens); check_positive_int("batch_size_chunks", batch_size_chunks)
     n_chunks, ctx_len = tokens.shape; layers = sorted({l for _, l in saes})
     builders = {k: CacheRecordBuilder(sae, n_chunks, ctx_len, cfg) for k, sae in saes.items()}
     for s in range(0, n_chunks, batch_size_chunks):
         acts = extract_activations(model, tokens[s:s + batch_size_chunks], layers, device=device, progress=False)
         for (_, layer), b in builders.items(): b.update(acts[layer], s)
-    return {k: b.finish(tokens, variant=variant, layer=k[1], seed=k[0]) for k, b in builders.items()}
+    return {(s, l, t): b.finish(tokens, variant=variant, layer=l, seed=s, train_type=t)
+            for (s, l), b in builders.items() for t in (train_types or [cfg.train_type])}
 
 def usage_table(records: Sequence[LatentRecords]) -> pd.DataFrame:
     "One row per SAE: variant, seed, layer, num_latents, dead, dead_fraction, alive, sampled, too_rare, used, used_of_sampled."
