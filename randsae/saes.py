@@ -333,8 +333,9 @@ def _replace_block_output(block: nn.Module, fn):
     return block.register_forward_hook(hook)
 
 @torch.no_grad()
-def ce_loss_score(model: nn.Module, sae: Sae, layer: int, tokens: Tensor, batch_size_chunks: int = 8, device=None) -> dict[str, float]:
-    "Clean, zero-ablated and SAE-spliced CE at block `layer`, and the CE loss score (zero − SAE) / (zero − clean)."
+def ce_loss_score(model: nn.Module, sae: Sae, layer: int, tokens: Tensor, batch_size_chunks: int = 8, device=None,
+                  ce_clean: float | None = None) -> dict[str, float]:
+    "Clean, zero-ablated and SAE-spliced CE at block `layer`, and the CE loss score (zero − SAE) / (zero − clean); `ce_clean` if already known."
     tokens, layer = _check_tokens(tokens), check_layers(model, [layer])[0]; check_positive_int("batch_size_chunks", batch_size_chunks)
     if tokens.shape[1] < 2: raise ValueError(f"tokens need ctx_len >= 2 to predict a next token, got {tokens.shape[1]}")
     dev = get_device(device); model.to(dev).eval(); sae = sae.to(dev)
@@ -343,6 +344,7 @@ def ce_loss_score(model: nn.Module, sae: Sae, layer: int, tokens: Tensor, batch_
         flat = h.flatten(0, 1).to(sae.dtype); acts, idx, _ = sae.encode(flat)
         return sae.decode(acts, idx).to(h.dtype).view_as(h)
     modes = {"ce_clean": None, "ce_zero_ablated": torch.zeros_like, "ce_sae": splice}
+    if ce_clean is not None: del modes["ce_clean"]   # the same for every layer: evaluate_saes computes it once
     sums = dict.fromkeys(modes, 0.0); n = 0
     for s in range(0, len(tokens), batch_size_chunks):
         x = tokens[s:s + batch_size_chunks].to(dev); n_pred = x.shape[0] * (x.shape[1] - 1); n += n_pred
@@ -351,7 +353,7 @@ def ce_loss_score(model: nn.Module, sae: Sae, layer: int, tokens: Tensor, batch_
             try: sums[k] += model(input_ids=x, labels=x, use_cache=False).loss.item() * n_pred
             finally:
                 if h is not None: h.remove()
-    ce = {k: v / n for k, v in sums.items()}
+    ce = {k: v / n for k, v in sums.items()} | ({"ce_clean": ce_clean} if ce_clean is not None else {})
     denom = ce["ce_zero_ablated"] - ce["ce_clean"]
     return {**ce, "ce_loss_score": (ce["ce_zero_ablated"] - ce["ce_sae"]) / denom if denom != 0 else float("nan"), "n_predictions": n}
 
@@ -361,11 +363,11 @@ def evaluate_saes(model: nn.Module, sae_paths: Mapping[int, str | Path], tokens:
     "One row per layer: our metrics of the SAE at `sae_paths[layer]` on held-out `tokens`, and the CE loss score if `ce`."
     layers = check_layers(model, list(sae_paths)); dev = get_device(device)
     acts = extract_activations(model, tokens, layers, batch_size_chunks, dev, progress=progress)
-    rows = []
+    rows, clean = [], None
     for i in layers:
         sae = load_sae(sae_paths[i], dev)
         row = {"variant": variant, "layer": i, "hookpoint": Path(sae_paths[i]).name, **sae_metrics(sae, acts[i], batch_size_tokens)}
-        if ce: row |= ce_loss_score(model, sae, i, tokens, batch_size_chunks, dev)
+        if ce: row |= ce_loss_score(model, sae, i, tokens, batch_size_chunks, dev, ce_clean=clean); clean = row["ce_clean"]
         rows.append(row); del acts[i]
     return pd.DataFrame(rows)
 
