@@ -62,3 +62,30 @@ def test_sae_recovers_ground_truth_in_goldilocks_zone():
     m = sweep_metrics(res, d.x, d.features).set_index("l1_coefficient")
     assert m.loc[0.3, "mmcs"] > 0.9 and m.loc[0.3, "recovery_rate"] > 0.5
     assert m.loc[0.3, "mmcs"] > m.loc[0.0, "mmcs"] + 0.2 and m.loc[0.3, "mmcs"] > m.loc[3.0, "mmcs"] + 0.2
+
+
+def test_normalised_frontier_is_scale_free():
+    "A dataset and the same dataset times 5, both brought to one mean squared norm, give the same frontiers and the same per-seed readings."
+    from randsae.dictionary import rescale_to_mean_squared_norm, mean_squared_norm, pareto_table, sparsity_at_explained_variance_per_seed
+    import pandas as pd
+    x = torch.stack([sharkey_data(1500, n_inputs=16, n_features=32, avg_active=2, seed=s).x for s in (0, 1)])
+    target = mean_squared_norm(x)
+    cfg = SweepConfig(48, [0.01, 0.1, 1.0], n_epochs=8, batch_size=32)
+    runs = []
+    for name, data in {"x": x, "5x": 5 * x}.items():
+        xs = rescale_to_mean_squared_norm(data, target)
+        runs.append(sweep_metrics(train_sweep(xs, cfg, [0, 1], progress=False), xs).assign(dataset=name))
+    metrics = pd.concat(runs, ignore_index=True)
+    pt = pareto_table(metrics).set_index(["measure", "l1_coefficient", "dataset"]).sort_index()
+    for col in ["sparsity", "explained_variance", "sparsity_lo", "sparsity_hi"]:
+        a, b = pt.xs("x", level="dataset")[col], pt.xs("5x", level="dataset")[col]
+        assert ((a - b).abs() <= 1e-3 * (1 + a.abs())).all(), col
+    at = sparsity_at_explained_variance_per_seed(metrics, [0.2, 0.4, 0.6]).set_index(["measure", "seed", "explained_variance", "dataset"]).sparsity.unstack()
+    assert at["x"].notna().any()
+    assert ((at["x"] - at["5x"]).abs() <= 1e-3 * (1 + at["x"].abs())).fillna(True).all()
+    # Without the rescaling the paper's L1/sqrt(L2) axis moves with the scale (x5 -> about sqrt(5) = 2.24, with the penalty scaled to match).
+    raw5 = sweep_metrics(train_sweep(5 * x, SweepConfig(48, [0.05, 0.5, 5.0], n_epochs=8, batch_size=32), [0, 1], progress=False), 5 * x)
+    raw1 = sweep_metrics(train_sweep(x, cfg, [0, 1], progress=False), x)
+    alive = raw1.l0 > 1
+    ratio = raw5.l1_over_sqrt_l2[alive] / raw1.l1_over_sqrt_l2[alive]   # the SAEs differ a little too (Adam's step size is not scale free)
+    assert ratio.between(1.4, 3.2).all() and abs(ratio.median() - 5 ** 0.5) < 0.5
