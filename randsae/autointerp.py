@@ -454,11 +454,11 @@ def _pooled_auroc(d: pd.DataFrame) -> float:
 def auroc_intervals(scores: pd.DataFrame, by: Sequence[str] = ("explainer", "scorer", "variant"), n_resamples: int = 200,
                     seed: int = 0) -> pd.DataFrame:
     "Per group of `by`: pooled AUROC with its cluster-bootstrap 95% interval over latents, per-latent mean AUROC with its bootstrap interval, n_latents."
-    sc, by = _check_scores(scores), list(by); per = latent_metrics(sc); rows = []
+    sc, by = _check_scores(scores), list(by); rows = []
     for key, g in sc.groupby(by, sort=True):
         key = dict(zip(by, key if isinstance(key, tuple) else (key,)))
         pooled = cluster_bootstrap_interval(g, _CLUSTER, _pooled_auroc, n_resamples=n_resamples, seed=seed)
-        lm = bootstrap_interval(per.loc[(per[by] == pd.Series(key)).all(axis=1), "auroc"], n_resamples=max(n_resamples, 1000), seed=seed)
+        lm = bootstrap_interval(latent_metrics(g).auroc, n_resamples=max(n_resamples, 1000), seed=seed)
         rows.append({**key, "auroc_pooled": pooled["estimate"], "auroc_pooled_lo": pooled["lo"], "auroc_pooled_hi": pooled["hi"],
                      "auroc_latent_mean": lm["estimate"], "auroc_latent_mean_lo": lm["lo"], "auroc_latent_mean_hi": lm["hi"], "n_latents": pooled["n"]})
     return pd.DataFrame(rows)

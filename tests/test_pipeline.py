@@ -39,15 +39,24 @@ def test_sae_and_interp_stages_end_to_end(tmp_path):
     (interp,) = [d for d in tmp_path.iterdir() if (d/"autointerp.ipynb").exists()]
     tables = {p.stem: p for p in (interp/"tables").glob("latent_auroc_*.parquet")}
     assert set(tables) == {"latent_auroc_token_null", "latent_auroc_SmolLM2-135M-Instruct-Q4_1"}, tables
-    for name, path in tables.items():   # the contract: one row per (variant, layer, latent)
+    for name, path in tables.items():   # the contract: one row per (variant, seed, layer, latent)
         t = pd.read_parquet(path)
-        assert {"variant", "layer", "latent", "explainer", "auroc", "entropy"} <= set(t.columns)
-        assert not t.duplicated(["variant", "layer", "latent"]).any() and t.explainer.nunique() == 1
+        assert {"variant", "seed", "layer", "latent", "explainer", "auroc", "entropy", "compared"} <= set(t.columns)
+        assert not t.duplicated(["variant", "seed", "layer", "latent"]).any() and t.explainer.nunique() == 1
         assert t.auroc.dropna().between(0, 1).all() and (t.entropy >= 0).all() and set(t.layer) <= {0, 1}
     null = pd.read_parquet(tables["latent_auroc_token_null"])
     assert set(null.variant) == set(VARIANTS), "the control always has examples; every variant is scored"
+    seeds = json.loads((out/"sae_pipeline_summary.json").read_text())["seeds"]
+    assert sorted(null.seed.unique()) == sorted(seeds), "every seed's SAEs are scored"
+    cmp_n = null[null.compared].groupby(["seed", "layer"]).variant.value_counts().unstack()
+    assert (cmp_n.nunique(axis=1) == 1).all(), "variants are compared on equal numbers of latents"
+    usage = pd.read_parquet(interp/"tables"/"latent_usage.parquet")
+    assert len(usage) == 5 * 2 * len(seeds) and (usage.dead + usage.alive == usage.num_latents).all() and (usage.used + usage.too_rare == usage.sampled).all()
+    headline = pd.read_parquet(interp/"tables"/"autointerp_by_variant.parquet")
+    for c in ("auroc_pooled", "auroc_latent_mean", "entropy"): assert {c, f"{c}_lo", f"{c}_hi"} <= set(headline.columns)
+    assert (pd.read_parquet(interp/"tables"/"null_calibration_control.parquet").scorer.tolist() == ["detection", "fuzz"])
     llm = pd.read_parquet(tables["latent_auroc_SmolLM2-135M-Instruct-Q4_1"])
-    assert len(llm) <= 10 and len(llm) >= 1 and (llm.n_pos_fuzz <= 2).all()
+    assert len(llm) <= 5 * 2 * len(seeds) and len(llm) >= 1 and (llm.n_pos_fuzz <= 2).all()
     expl = pd.read_parquet(interp/"tables"/"llm_explanations.parquet")
     assert len(expl) >= len(llm) and expl.explanation.notna().any()
     figs = {f.name for f in (interp/"figures").iterdir()}
@@ -55,6 +64,7 @@ def test_sae_and_interp_stages_end_to_end(tmp_path):
     assert "<span title=" in (interp/"figures"/"feature_cards.html").read_text()
     summary = json.loads((interp/"autointerp_summary.json").read_text())
     assert summary["llm"]["failures"] == 0 and summary["llm"]["misses"] + summary["llm"]["hits"] > 0
+    assert summary["seeds"] == seeds and summary["sentences"] and any("calibration on the control" in s for s in summary["sentences"])
     executed = interp/"autointerp.ipynb"; mtime = executed.stat().st_mtime
     r2 = run_cli(*args, outputs=tmp_path, timeout=300)
     assert r2.returncode == 0 and r2.stderr.count("skip") >= 2 and executed.stat().st_mtime == mtime, r2.stderr[-2000:]
