@@ -8,7 +8,7 @@ Docs: https://randsae.github.io/randsae/docs.html.md"""
 __all__ = ['FIGURE_EXTS', 'render_readme', 'write_readme', 'executed_notebooks', 'figure_page', 'build_site']
 
 # %% ../nbs/08_docs.ipynb #c308c736
-import re, shutil, subprocess, sys, tempfile
+import os, re, shutil, subprocess, sys, tempfile
 from pathlib import Path
 
 import nbformat
@@ -43,6 +43,17 @@ def _title(nb_path: Path) -> str:
         if c.cell_type == "markdown" and (m := re.match(r"#\s+(.+)", c.source.strip())): return m.group(1).strip()
     return nb_path.stem
 
+def _execute(nb_path: Path, dst: Path, outputs: Path, timeout_s: int = 300) -> Path:
+    "Execute the notebook at `nb_path` with `outputs` as randsae's outputs folder and write the executed copy to `dst`."
+    from nbclient import NotebookClient
+    nb = nbformat.read(nb_path, as_version=4); old = os.environ.get("RANDSAE_OUTPUTS")
+    os.environ["RANDSAE_OUTPUTS"] = str(outputs)   # the kernel inherits it
+    try: NotebookClient(nb, timeout=timeout_s, kernel_name="python3", resources={"metadata": {"path": str(nb_path.parent)}}).execute()
+    finally:
+        if old is None: os.environ.pop("RANDSAE_OUTPUTS", None)
+        else: os.environ["RANDSAE_OUTPUTS"] = old
+    nbformat.write(nb, dst); return dst
+
 def executed_notebooks(folder: Path) -> list[Path]:
     "The executed notebooks of an output folder (no failed runs, no temporary files)."
     return sorted(p for p in folder.glob("*.ipynb") if not p.name.startswith(".") and not p.name.endswith(".failed.ipynb"))
@@ -69,6 +80,9 @@ def build_site(site_dir: str | Path | None = None, outputs: str | Path | None = 
         src = Path(tmp)/"docs"; src.mkdir()
         (src/"index.md").write_text(render_readme().split("\n", 2)[2])   # without the "generated" comment
         nav: list = [{"Home": "index.md"}]
+        dev_nb = root/"nbs"/"deviations.ipynb"
+        if dev_nb.exists():   # a table computed from the results: executed against `outputs` for the site
+            _execute(dev_nb, src/"deviations.ipynb", outputs); nav.append({"Deviations from the paper": "deviations.ipynb"})
         if modules:
             (src/"modules").mkdir()
             mods = sorted((root/"nbs").glob("[0-9][0-9]_*.ipynb"))
