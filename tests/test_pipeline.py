@@ -8,11 +8,13 @@ import torch
 from conftest import run_cli
 
 TINY_SAE = ["--set", "subject_max_tokens=20000", "--set", "sae_n_tokens=8192", "--set", "heldout_max_tokens=2048",
-            "--set", "sae_expansion_factor=4", "--set", "sae_k=8"]
+            "--set", "sae_expansion_factor=4", "--set", "sae_k=8", "--set", "seeds=[0, 1]", "--set", "latent_cache_max_tokens=16384",
+            "--set", "dead_check_max_tokens=4096"]
 # The interp stage at tiny sizes, with the real local LLM (SmolLM2) explaining and scoring one latent per SAE.
 TINY_INTERP = ["--set", "n_latents=6", "--set", "window_len=16", "--set", "n_train=4", "--set", "n_test=4", "--set", "n_negative=4",
                "--set", "n_quantiles=2", "--set", "min_examples=8", "--set", "llm_latents_per_sae=1", "--set", "llm_n_train=4",
-               "--set", "llm_n_test=2", "--set", "llm_n_negative=2", "--set", "llm_max_new_tokens=40"]
+               "--set", "llm_n_test=2", "--set", "llm_n_negative=2", "--set", "llm_max_new_tokens=40",
+               "--set", "cache_n_tokens=0"]
 VARIANTS = ["trained", "rerandomized_incl_emb", "rerandomized_excl_emb", "step0", "control"]
 
 
@@ -27,10 +29,17 @@ def test_sae_and_interp_stages_end_to_end(tmp_path):
     table = pd.read_parquet(out/"tables"/"sae_metrics.parquet")
     assert {"variant", "layer", "explained_variance", "cosine_similarity", "l1_norm", "ce_loss_score"} <= set(table.columns)
     assert sorted(table.variant.unique()) == sorted(["trained", "rerandomized_incl_emb", "rerandomized_excl_emb", "step0", "control"])
-    assert sorted(table.layer.unique()) == [0, 1] and len(table) == 10
+    assert sorted(table.layer.unique()) == [0, 1] and sorted(table.seed.unique()) == [0, 1] and len(table) == 20   # 5 variants x 2 layers x 2 seeds
     assert table.explained_variance.between(-1, 1).all() and table.cosine_similarity.between(-1, 1).all()
     for v in table.variant.unique():
-        for layer in (0, 1): assert (out/"saes"/v/f"layers.{layer}"/"sae.safetensors").exists()
+        for seed in (0, 1):
+            for layer in (0, 1): assert (out/"saes"/f"seed{seed}"/v/f"layers.{layer}"/"sae.safetensors").exists()
+    by_variant = pd.read_parquet(out/"tables"/"sae_metrics_by_variant.parquet")   # headline table: intervals over seeds
+    assert {"explained_variance_lo", "explained_variance_hi", "dead_fraction_cache", "n"} <= set(by_variant.columns) and (by_variant.n == 2).all()
+    assert (by_variant.explained_variance_lo <= by_variant.explained_variance).all() and (by_variant.dead_fraction_lo >= 0).all()
+    opt = pd.read_parquet(out/"tables"/"sae_optimizer_comparison.parquet")   # the preset's signum comparison, first seed
+    assert set(opt.optimizer) == {"adam", "signum"} and len(opt) == 10
+    assert json.loads((out/"sae_pipeline_summary.json").read_text())["seeds"] == [0, 1]
     assert (out/"subject"/"step0"/"model.safetensors").exists() and any(f.name.startswith("fig03") for f in (out/"figures").iterdir())
     subject = json.loads((out/"subject"/"subject.json").read_text())
     assert subject["heldout_loss_final"] < subject["heldout_loss_step0"]
