@@ -24,17 +24,17 @@ def _train(out: Path) -> subprocess.Popen:
 @pytest.mark.slow
 def test_sigkill_then_rerun_equals_uninterrupted(tmp_path):
     from randsae.saes import Sae, is_done
-    proc = _train(tmp_path/"killed"); state = tmp_path/"killed"/"saes"/"trained"/".checkpoint"/"randsae_state.json"
+    proc = _train(tmp_path/"killed"); state = tmp_path/"killed"/"saes"/"seed0"/"trained"/".checkpoint"/"randsae_state.json"
     deadline = time.time() + 120
     while not state.exists() and proc.poll() is None and time.time() < deadline: time.sleep(0.02)
     assert proc.poll() is None, "training finished before it could be killed: use more tokens"
     proc.send_signal(signal.SIGKILL); proc.wait()
-    assert not is_done(tmp_path/"killed"/"saes"/"trained"/"layers.1")
+    assert not is_done(tmp_path/"killed"/"saes"/"seed0"/"trained"/"layers.1")
     for out in (tmp_path/"killed", tmp_path/"straight"):
         p = _train(out); _, err = p.communicate(timeout=300); assert p.returncode == 0, err.decode()[-2000:]
     for layer in (0, 1):
-        a = Sae.load_from_disk(tmp_path/"killed"/"saes"/"trained"/f"layers.{layer}").state_dict()
-        b = Sae.load_from_disk(tmp_path/"straight"/"saes"/"trained"/f"layers.{layer}").state_dict()
+        a = Sae.load_from_disk(tmp_path/"killed"/"saes"/"seed0"/"trained"/f"layers.{layer}").state_dict()
+        b = Sae.load_from_disk(tmp_path/"straight"/"saes"/"seed0"/"trained"/f"layers.{layer}").state_dict()
         assert all(torch.equal(a[k], b[k]) for k in a)
 
 @pytest.mark.slow
