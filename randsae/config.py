@@ -7,8 +7,8 @@ Docs: https://randsae.github.io/randsae/config.html.md"""
 # %% auto #0
 __all__ = ['PACKAGE_ROOT', 'STAGES', 'L1_GRID', 'TINY_L1_GRID', 'TOY_DEFAULT', 'TOY_PAPER', 'TINY_SAE', 'TINY_INTERP',
            'PAPER_INTERP', 'PRESETS', 'project_root', 'outputs_dir', 'experiments_dir', 'get_device', 'check_seed',
-           'seed_everything', 'atomic_path', 'write_json', 'replace_dir', 'file_sha256', 'write_table', 'params_hash',
-           'cached_table', 'Stage', 'StageRun', 'Preset', 'pythia_sae', 'get_preset']
+           'seed_everything', 'release_free_memory', 'atomic_path', 'write_json', 'replace_dir', 'file_sha256',
+           'write_table', 'params_hash', 'cached_table', 'Stage', 'StageRun', 'Preset', 'pythia_sae', 'get_preset']
 
 # %% ../nbs/00_config.ipynb #d520e8b0
 import hashlib, json, os, random, shutil, tempfile
@@ -54,6 +54,19 @@ def seed_everything(seed: int) -> torch.Generator:
     check_seed(seed)
     random.seed(seed); np.random.seed(seed % 2**32); torch.manual_seed(seed)
     return torch.Generator().manual_seed(seed)
+
+# %% ../nbs/00_config.ipynb #3c3a2da6
+import ctypes, ctypes.util
+
+_LIBC = None
+def release_free_memory() -> bool:
+    "Return freed heap pages to the operating system (glibc `malloc_trim(0)`); False where there is no glibc."
+    global _LIBC
+    if _LIBC is None:
+        try: _LIBC = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6"); _LIBC.malloc_trim
+        except (OSError, AttributeError): _LIBC = False
+    if not _LIBC: return False
+    _LIBC.malloc_trim(0); return True
 
 # %% ../nbs/00_config.ipynb #7f06488e
 @contextmanager

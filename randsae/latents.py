@@ -20,7 +20,7 @@ import pandas as pd
 import torch
 from torch import Tensor, nn
 
-from .config import write_json, write_table
+from .config import write_json, write_table, release_free_memory
 from .toy import check_positive_int
 from .activations import _check_tokens, extract_activations
 
@@ -353,6 +353,7 @@ def cache_records(model: nn.Module, saes: Mapping[tuple[int, int], nn.Module], t
     for s in range(0, n_chunks, batch_size_chunks):
         acts = extract_activations(model, tokens[s:s + batch_size_chunks], layers, device=device, progress=False)
         for (_, layer), b in builders.items(): b.update(acts[layer], s)
+        release_free_memory()   # else glibc keeps the freed encoder temporaries: GBs over a large cache
     return {(s, l, t): b.finish(tokens, variant=variant, layer=l, seed=s, train_type=t)
             for (s, l), b in builders.items() for t in (train_types or [cfg.train_type])}
 
