@@ -6,13 +6,13 @@ Docs: https://randsae.github.io/randsae/corpus.html.md"""
 
 # %% auto #0
 __all__ = ['log', 'SOURCES', 'CORPUS_RECIPE', 'MANIFEST', 'DOCUMENTS_FILE', 'Split', 'SPLITS', 'EOS_TOKEN', 'MIN_VOCAB_SIZE',
-           'TOKENIZER_RECIPE', 'TOKENIZER_FILE', 'TOKENS_RECIPE', 'REDPAJAMA_SAMPLE', 'REDPAJAMA_TEXT_FIELD',
-           'PAPER_N_TOKENS', 'CorpusSource', 'get_source', 'default_cache_dir', 'sources_dir', 'source_archive',
-           'decode_text', 'strip_gutenberg', 'clean_text', 'load_manifest', 'text_sha256', 'Corpus', 'corpus_key',
-           'build_corpus', 'check_split', 'check_heldout_fraction', 'split_documents', 'split_frame', 'load_tokenizer',
-           'tokenizer_manifest', 'train_tokenizer', 'token_dtype', 'pack_documents', 'check_chunking', 'chunk_stream',
-           'encode_texts', 'split_tokens', 'token_chunks', 'save_token_set', 'load_token_set', 'corpus_stats',
-           'top_tokens', 'redpajama_texts', 'tokenizer_fingerprint', 'hub_token_chunks']
+           'TOKENIZER_RECIPE', 'TOKENIZER_FILE', 'TOKENS_RECIPE', 'TOKEN_SET_FORMAT', 'REDPAJAMA_SAMPLE',
+           'REDPAJAMA_TEXT_FIELD', 'PAPER_N_TOKENS', 'CorpusSource', 'get_source', 'default_cache_dir', 'sources_dir',
+           'source_archive', 'decode_text', 'strip_gutenberg', 'clean_text', 'load_manifest', 'text_sha256', 'Corpus',
+           'corpus_key', 'build_corpus', 'check_split', 'check_heldout_fraction', 'split_documents', 'split_frame',
+           'load_tokenizer', 'tokenizer_manifest', 'train_tokenizer', 'token_dtype', 'pack_documents', 'check_chunking',
+           'chunk_stream', 'encode_texts', 'split_tokens', 'token_chunks', 'save_token_set', 'load_token_set',
+           'corpus_stats', 'top_tokens', 'redpajama_texts', 'tokenizer_fingerprint', 'hub_token_chunks']
 
 # %% ../nbs/11_corpus.ipynb #e5526d3b
 import configparser, hashlib, json, logging, os, platform, re, subprocess, sys, tarfile, tempfile, zipfile
@@ -32,8 +32,8 @@ from torch import Tensor
 from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerFast
 
-from .config import atomic_path, check_seed, file_sha256, outputs_dir, params_hash, replace_dir, write_json
-from .toy import check_positive_int
+from .config import atomic_path, cache_damaged, check_cache, check_seed, file_sha256, files_record, outputs_dir, params_hash, replace_dir, write_json
+from .config import check_positive_int
 
 # %% ../nbs/11_corpus.ipynb #b507abdd
 log = logging.getLogger("randsae.corpus")   # named, so the notebook logs where the module does
@@ -457,6 +457,8 @@ def token_chunks(tokenizer: PreTrainedTokenizerFast, split: Split, ctx_len: int,
     return chunk_stream(stream, ctx_len, seed, max_tokens)
 
 # %% ../nbs/11_corpus.ipynb #0addfca1
+TOKEN_SET_FORMAT = 2   # 1: the sha256 of chunks.npy; 2: + a format number and the sha256 of every file (the tokenizer's too)
+
 def save_token_set(folder: str | Path, tokenizer, chunks: Tensor, **meta) -> Path:
     "Write `tokenizer` (`save_pretrained`) and `chunks` (n_chunks, ctx_len) into `folder` atomically, with a manifest."
     folder = Path(folder); folder.parent.mkdir(parents=True, exist_ok=True)
@@ -464,18 +466,25 @@ def save_token_set(folder: str | Path, tokenizer, chunks: Tensor, **meta) -> Pat
     arr = chunks.cpu().numpy().astype(np.int64)
     with tempfile.TemporaryDirectory(dir=folder.parent, prefix=f".{folder.name}.") as tmp:
         t = Path(tmp)/"set"; t.mkdir(); tokenizer.save_pretrained(t/"tokenizer"); np.save(t/"chunks.npy", arr)
-        write_json(t/"manifest.json", {"shape": list(arr.shape), "sha256": file_sha256(t/"chunks.npy"), **meta})
+        names = ["chunks.npy", *(f"tokenizer/{p.name}" for p in (t/"tokenizer").iterdir())]
+        write_json(t/"manifest.json", {**meta, "format": TOKEN_SET_FORMAT, "shape": list(arr.shape), "sha256": file_sha256(t/"chunks.npy"),
+                                       "files": files_record(t, names)})
         replace_dir(t, folder)
     return folder
 
-def load_token_set(folder: str | Path) -> tuple[PreTrainedTokenizerFast, Tensor, dict]:
-    "The tokenizer, chunks and manifest written by `save_token_set`; a clear error when missing or damaged."
-    folder = Path(folder)
-    if not (folder/"manifest.json").exists(): raise FileNotFoundError(f"no token set in {folder} (missing manifest.json)")
-    man = json.loads((folder/"manifest.json").read_text())
-    if file_sha256(folder/"chunks.npy") != man["sha256"]:
-        raise ValueError(f"{folder/'chunks.npy'} does not match its manifest (sha256 {man['sha256'][:12]}..., shape {man['shape']}): the token set is damaged; rerun the stage that wrote it")
-    arr = np.load(folder/"chunks.npy")
+def load_token_set(folder: str | Path, rebuild: Callable[[], tuple] | None = None) -> tuple[PreTrainedTokenizerFast, Tensor, dict]:
+    """The tokenizer, chunks and manifest written by `save_token_set`. A damaged or other-format set is logged (naming the file) and
+    remade from `rebuild()` (returning the tokenizer, the chunks and the manifest fields) when given, else a clear error."""
+    folder = Path(folder); chunks = folder/"chunks.npy"
+    man = check_cache(folder/"manifest.json", "token set", None, TOKEN_SET_FORMAT, data=[chunks, folder/"tokenizer"], legacy=True)
+    if man is not None and "files" not in man and (not chunks.exists() or file_sha256(chunks) != man.get("sha256")):   # format 1
+        cache_damaged("token set", chunks, "missing, or does not match the sha256 in its manifest"); man = None
+    if man is None:
+        if rebuild is not None:
+            tok, new, meta = rebuild(); save_token_set(folder, tok, new, **meta); return load_token_set(folder)
+        if not (folder/"manifest.json").exists() and not chunks.exists(): raise FileNotFoundError(f"no token set in {folder} (missing manifest.json)")
+        raise ValueError(f"the token set in {folder} does not match its manifest or has another format (see the warning): rerun the stage that wrote it")
+    arr = np.load(chunks)
     from transformers import AutoTokenizer
     return AutoTokenizer.from_pretrained(folder/"tokenizer"), torch.from_numpy(arr), man
 
