@@ -21,7 +21,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from .config import atomic_path, file_sha256, get_device, params_hash, write_json
-from .toy import check_positive_int
+from .config import check_positive_int
 
 log = logging.getLogger(__name__)
 

@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import balanced_accuracy_score, roc_auc_score, roc_curve
 
-from .toy import check_positive_int, check_range
+from .config import check_positive_int, check_range
 from .entropy import grouped_token_entropy
 from .latents import LatentRecords, SPLITS
 from .stats import bootstrap_interval, cluster_bootstrap_interval

@@ -23,7 +23,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from .config import get_device
-from .toy import check_positive_int, check_range
+from .config import check_list, check_positive_int, check_range
 from .stats import interval_table
 
 # %% ../nbs/02_dictionary.ipynb #e88dac72
@@ -102,14 +102,13 @@ class SweepConfig:
         check_positive_int("n_latents", self.n_latents); check_positive_int("n_epochs", self.n_epochs)
         check_positive_int("batch_size", self.batch_size); check_range("lr", self.lr, 0, lo_open=True)
         check_range("val_fraction", self.val_fraction, 0, 0.9, lo_open=True)
-        self.l1_coefficients = [float(c) for c in self.l1_coefficients]
-        if not self.l1_coefficients: raise ValueError("l1_coefficients must list at least one coefficient")
-        for c in self.l1_coefficients: check_range("l1_coefficients[i]", c, 0)
+        if not check_list("l1_coefficients", self.l1_coefficients): raise ValueError("l1_coefficients must list at least one coefficient")
+        self.l1_coefficients = check_list("l1_coefficients", self.l1_coefficients, lambda n, c: check_range(n, c, 0))
         if self.mse_reduction not in ("sum_dims", "mean_dims"):
             raise ValueError(f"mse_reduction must be 'sum_dims' or 'mean_dims', got {self.mse_reduction!r}")
         if self.activation not in ("relu", "topk"): raise ValueError(f"activation must be 'relu' or 'topk', got {self.activation!r}")
         if self.activation == "topk":
-            if self.k is None or not 1 <= self.k < self.n_latents:
+            if isinstance(self.k, bool) or not isinstance(self.k, int) or not 1 <= self.k < self.n_latents:
                 raise ValueError(f"k must be in [1, n_latents={self.n_latents}) for activation='topk', got {self.k!r}")
 
 # %% ../nbs/02_dictionary.ipynb #161d482e

@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 
 from .config import atomic_path, outputs_dir, write_json
-from .toy import check_positive_int
+from .config import check_positive_int
 
 # %% ../nbs/03_glove.ipynb #78c03c8c
 GLOVE_DIMS = (50, 100, 200, 300)                       # the dimensions of the 6B release

@@ -21,7 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from .config import write_json, write_table, release_free_memory
-from .toy import check_positive_int
+from .config import check_nonneg_int, check_positive_int, check_seed
 from .activations import _check_tokens, extract_activations
 
 log = logging.getLogger(__name__)
@@ -35,11 +35,6 @@ class TrainType(str, Enum):
 
 TRAIN_TYPES = tuple(t.value for t in TrainType)
 SPLITS = ("train", "test", "negative")
-
-def _check_nonneg_int(name: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
-        raise ValueError(f"{name} must be a non-negative int, got {value!r}")
-    return int(value)
 
 @dataclass
 class RecordConfig:
@@ -60,7 +55,7 @@ class RecordConfig:
     def __post_init__(self):
         for f in ("n_latents", "window_len", "n_train", "n_test", "n_quantiles", "min_examples", "max_examples", "batch_size_tokens", "candidate_factor"):
             check_positive_int(f, getattr(self, f))
-        _check_nonneg_int("n_negative", self.n_negative); _check_nonneg_int("seed", self.seed)
+        check_nonneg_int("n_negative", self.n_negative); check_seed(self.seed)
         if self.train_type not in TRAIN_TYPES: raise ValueError(f"train_type must be one of {list(TRAIN_TYPES)}, got {self.train_type!r}")
         if self.n_quantiles > self.n_test:
             raise ValueError(f"n_quantiles must be in [1, n_test={self.n_test}] so that every bin gives a test example, got {self.n_quantiles}")

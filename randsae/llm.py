@@ -25,7 +25,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .config import get_device, outputs_dir, replace_dir, write_json
-from .toy import check_positive_int, check_range
+from .config import check_nonneg_int, check_positive_int, check_range
 from .corpus import CorpusSource, source_archive
 from .latents import LatentRecords
 from .autointerp import SCORERS, explainer_prompts, parse_explanation, prob_one, scoring_set, scoring_prompts
@@ -253,8 +253,7 @@ class OpenAIClient:
             raise ValueError(f"base_url must start with http:// or https://, got {self.base_url!r}")
         check_range("timeout", self.timeout, 0, lo_open=True); check_range("connect_timeout", self.connect_timeout, 0, lo_open=True)
         check_range("backoff", self.backoff, 0)
-        if isinstance(self.max_retries, bool) or not isinstance(self.max_retries, int) or self.max_retries < 0:
-            raise ValueError(f"max_retries must be a non-negative int, got {self.max_retries!r}")
+        check_nonneg_int("max_retries", self.max_retries)
         if self.api_key_env is not None and not os.environ.get(self.api_key_env):
             raise ValueError(f"api_key_env names the environment variable {self.api_key_env!r}, which is not set; set it or use api_key_env=None for a server without a key")
         b = self.base_url.rstrip("/")

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .config import check_seed, get_device, params_hash, replace_dir, write_json
-from .toy import check_positive_int, check_range
+from .config import check_positive_int, check_range
 from .activations import residual_layers, check_layers, extract_activations, tensor_hash, model_fingerprint, _check_tokens
 from .variants import GaussianEmbedding
 
@@ -69,8 +69,7 @@ class SaeTrainConfig:
     def __post_init__(self):
         for f in ("expansion_factor", "k", "n_tokens", "batch_size", "save_every"): check_positive_int(f, getattr(self, f))
         if self.lr is not None: check_range("lr", self.lr, 0, lo_open=True)
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
-            raise ValueError(f"seed must be a non-negative int, got {self.seed!r}")
+        check_seed(self.seed)
         w = self.lr_warmup_steps
         if w is not None and (isinstance(w, bool) or not isinstance(w, int) or w < 0):
             raise ValueError(f"lr_warmup_steps must be None or a non-negative int, got {w!r}")

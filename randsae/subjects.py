@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 
 from .config import atomic_path, get_device, params_hash, replace_dir, write_json, write_table
 from .activations import tensor_hash
-from .toy import check_positive_int, check_range
+from .config import check_positive_int, check_range, check_seed
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +80,7 @@ class TinySubjectConfig:
             check_positive_int(f, getattr(self, f))
         if self.hidden_size % self.n_heads: raise ValueError(f"hidden_size={self.hidden_size} must be divisible by n_heads={self.n_heads}")
         check_range("lr", self.lr, 0, lo_open=True); check_range("warmup_fraction", self.warmup_fraction, 0, 1); check_range("weight_decay", self.weight_decay, 0)
+        check_seed(self.seed)
 
 def tiny_neox(cfg: TinySubjectConfig, vocab_size: int, eos_token_id: int = 0):
     "A freshly initialised GPTNeoX of the given size (seeded by `cfg.seed`)."

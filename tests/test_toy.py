@@ -41,7 +41,7 @@ def test_correlation_variant_concentrates_firing():
     (lambda: sharkey_data(10, lambda_decay=-0.5), "lambda_decay must be in [0"),
     (lambda: lomax_data(alpha=-1), "alpha must be in (0"),
     (lambda: gaussian_control(torch.zeros(3)), "x must be 2-D"),
-    (lambda: SweepConfig(16, [0.1, -2.0]), "l1_coefficients[i] must be in [0"),
+    (lambda: SweepConfig(16, [0.1, -2.0]), "l1_coefficients[1] must be in [0"),
     (lambda: SweepConfig(16, [0.1], activation="gelu"), "activation must be"),
 ])
 def test_bad_input_names_the_argument(call, message):
