@@ -14,9 +14,14 @@ from typing import Sequence
 from .config import PRESETS, STAGES, experiments_dir, get_preset
 
 # %% ../nbs/06_cli.ipynb #28c99c08
+class _Parser(argparse.ArgumentParser):
+    "An argument parser whose errors are one line, `randsae: error: ...`, like every other error of the command (exit status 2)."
+    def error(self, message: str):
+        self.exit(2, f"randsae: error: {' '.join(message.split())} (see: {self.prog} --help)\n")
+
 def build_parser() -> argparse.ArgumentParser:
     "The argument parser of the `randsae` command."
-    p = argparse.ArgumentParser(prog="randsae", description="Reproduce 'Sparse Autoencoders Can Interpret Randomly Initialized Transformers'.")
+    p = _Parser(prog="randsae", description="Reproduce 'Sparse Autoencoders Can Interpret Randomly Initialized Transformers'.")
     sub = p.add_subparsers(dest="command", required=True)
     r = sub.add_parser("reproduce", help="execute the experiment notebooks of a preset into outputs/")
     r.add_argument("--preset", default="tiny", help=f"one of {sorted(PRESETS)} (default: tiny)")

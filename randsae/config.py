@@ -248,15 +248,19 @@ class Stage:
     notebooks: tuple[str, ...]  # file names in nbs/experiments/, run in this order
     description: str = ""
     requires: tuple[str, ...] = ()  # stages whose results these notebooks read (each gets the parameter `<stage>_dir`)
+    validator: str = ""  # `module:function` constructing the stage's configs from its resolved parameters before anything runs (randsae.runner.check_stage)
 
 STAGES: dict[str, Stage] = {s.name: s for s in [
     Stage("toy", ("toy_superposition.ipynb", "toy_glove.ipynb"),
-          "Toy models of superposition (paper Section 4, App. C): Figs 4-7, 13, 14, 16, 17 (18-20 with your own GloVe files)."),
+          "Toy models of superposition (paper Section 4, App. C): Figs 4-7, 13, 14, 16, 17 (18-20 with your own GloVe files).",
+          validator="randsae.runner:check_toy_params"),
     Stage("sae", ("sae_pipeline.ipynb",),
-          "Subject, five variants x seeds, TopK SAEs per layer with sparsify, SAE metrics with intervals (paper Section 3): Fig 3 rows 1-3, 5."),
+          "Subject, five variants x seeds, TopK SAEs per layer with sparsify, SAE metrics with intervals (paper Section 3): Fig 3 rows 1-3, 5.",
+          validator="randsae.runner:check_sae_params"),
     Stage("interp", ("autointerp.ipynb",),
           "Auto-interpretability of the sae stage's SAEs: token-identity null model and an LLM, fuzzing and detection AUROC, "
-          "token entropy (paper Sections 3.1, 3.3): Fig 1-style ROC curves, Fig 3 rows 4 and 6.", requires=("sae",)),
+          "token entropy (paper Sections 3.1, 3.3): Fig 1-style ROC curves, Fig 3 rows 4 and 6.", requires=("sae",),
+          validator="randsae.runner:check_interp_params"),
 ]}
 
 @dataclass(frozen=True)

@@ -6,8 +6,9 @@ Docs: https://randsae.github.io/randsae/runner.html.md"""
 
 # %% auto #0
 __all__ = ['log', 'LOCK_NAME', 'notebook_parameters', 'parse_value', 'parse_set', 'load_params_file', 'check_overrides',
-           'run_dir_name', 'NotebookRun', 'plan_runs', 'FolderLocked', 'folder_lock', 'remove_stale_temporaries',
-           'lock_runs', 'NotebookFailed', 'provenance', 'execute_run', 'reproduce']
+           'check_toy_params', 'check_sae_params', 'check_interp_params', 'check_stage', 'run_dir_name', 'NotebookRun',
+           'plan_runs', 'FolderLocked', 'folder_lock', 'remove_stale_temporaries', 'lock_runs', 'NotebookFailed',
+           'provenance', 'execute_run', 'reproduce']
 
 # %% ../nbs/05_runner.ipynb #b1b2700c
 import ast, json, logging, os, platform, re, subprocess, sys, time
@@ -19,7 +20,7 @@ from typing import Any, Mapping, Sequence
 import nbformat
 import yaml
 
-from .config import (STAGES, Preset, atomic_path, experiments_dir, get_preset, outputs_dir, params_hash, write_json)
+from .config import (STAGES, Preset, atomic_path, experiments_dir, get_preset, outputs_dir, params_hash, show, write_json)
 
 log = logging.getLogger(__name__)
 
@@ -53,25 +54,37 @@ def _check_papermill_parses(path: Path, source: str, params: Mapping[str, Any]) 
 def parse_value(text: str) -> Any:
     "Parse an override value: a Python literal, else YAML, else the string itself."
     try: return ast.literal_eval(text)
-    except (ValueError, SyntaxError): pass
+    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError): pass
     try: return yaml.safe_load(text)
-    except yaml.YAMLError: return text
+    except (yaml.YAMLError, ValueError, RecursionError): return text   # e.g. an int too long to convert: kept as text, refused by the type check
 
 def parse_set(items: Sequence[str]) -> dict[str, Any]:
     "Parse `name=value` strings."
     out = {}
     for item in items:
         name, sep, value = item.partition("=")
-        if not sep or not name.strip().isidentifier(): raise ValueError(f"--set expects name=value with a valid parameter name, got {item!r}")
+        if not sep or not name.strip().isidentifier(): raise ValueError(f"--set expects name=value with a valid parameter name, got {show(item)}")
         out[name.strip()] = parse_value(value.strip())
     return out
 
 def load_params_file(path: str | Path) -> dict[str, Any]:
     "Read a YAML mapping of parameter overrides."
-    path = Path(path)
-    if not path.exists(): raise FileNotFoundError(f"--params file {str(path)!r} does not exist")
-    data = yaml.safe_load(path.read_text()) or {}
-    if not isinstance(data, dict): raise ValueError(f"--params file {str(path)!r} must hold a mapping name: value, got {type(data).__name__}")
+    path = Path(path); name = show(str(path), 200)
+    try: raw = path.read_bytes()
+    except FileNotFoundError: raise FileNotFoundError(f"--params file {name} does not exist") from None
+    except OSError as e: raise ValueError(f"--params file {name} cannot be read: {e.strerror or type(e).__name__}") from None
+    try: text = raw.decode("utf-8")
+    except UnicodeDecodeError as e: raise ValueError(f"--params file {name} is not UTF-8 text (byte {raw[e.start]:#04x} at offset {e.start})") from None
+    try: data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None); where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ValueError(f"--params file {name} is not valid YAML{where}: {' '.join(str(getattr(e, 'problem', None) or e).split())}") from None
+    except (ValueError, RecursionError) as e:   # e.g. an int too long to convert, or nesting too deep
+        raise ValueError(f"--params file {name} cannot be read as YAML: {' '.join(str(e).split()) or type(e).__name__}") from None
+    if data is None: data = {}
+    if not isinstance(data, dict): raise ValueError(f"--params file {name} must hold a mapping name: value, got {type(data).__name__}")
+    bad = [k for k in data if not (isinstance(k, str) and k.isidentifier())]
+    if bad: raise ValueError(f"--params file {name}: parameter names must be identifiers, got {show(bad[0])}")
     return data
 
 def _type_ok(default: Any, value: Any) -> bool:
@@ -84,11 +97,127 @@ def _type_ok(default: Any, value: Any) -> bool:
 def check_overrides(overrides: Mapping[str, Any], declared: Mapping[str, Mapping[str, Any]]) -> None:
     "Raise a `ValueError` for names no notebook declares or values whose type differs from the default's."
     known = {k: v for params in declared.values() for k, v in params.items()}
-    unknown = sorted(set(overrides) - set(known))
-    if unknown: raise ValueError(f"unknown parameter(s) {unknown}; the selected notebooks declare: {sorted(known)}")
+    unknown = sorted(set(overrides) - set(known), key=str)
+    if unknown: raise ValueError(f"unknown parameter(s) {show(unknown, 200)}; the selected notebooks declare: {sorted(known)}")
     for name, value in overrides.items():
         if not _type_ok(known[name], value):
-            raise ValueError(f"parameter {name!r} expects {type(known[name]).__name__} (default {known[name]!r}), got {type(value).__name__} {value!r}")
+            raise ValueError(f"parameter {name!r} expects {type(known[name]).__name__} (default {known[name]!r}), got {type(value).__name__} {show(value)}")
+
+# %% ../nbs/05_runner.ipynb #e0294853
+import importlib
+from contextlib import contextmanager
+from .config import MAX_LIST, MAX_SEED, check_choice, check_int, check_list, check_nonneg_int, check_positive_int, check_range, check_seed
+
+@contextmanager
+def _as_params(**fields: str):
+    "Reword a `ValueError`/`TypeError` raised inside with the notebook parameters that set the named config fields."
+    try: yield
+    except (ValueError, TypeError, OverflowError) as e:
+        msg = " ".join(str(e).split())
+        for f, p in sorted(fields.items(), key=lambda fp: -len(fp[0])):
+            if f != p: msg = re.sub(rf"(?<![\w.]){re.escape(f)}(?!\w)", p, msg)
+        raise ValueError(msg) from None
+
+def _seeds(p: Mapping[str, Any]) -> list[int]:
+    "The toy notebooks' seeds: seed, seed + 1, ..., seed + n_seeds - 1, all in the seed range."
+    seed = check_seed(p["seed"]); n = check_positive_int("n_seeds", p["n_seeds"], MAX_LIST)
+    check_seed(seed + n - 1, "seed + n_seeds - 1"); return list(range(seed, seed + n))
+
+def check_toy_params(params: Mapping[str, Mapping[str, Any]]) -> None:
+    "Construct the toy stage's configs from `params` (notebook name -> its resolved parameters), as its notebooks do."
+    from randsae.dictionary import SweepConfig
+    from randsae.glove import GLOVE_DIMS
+    from randsae.toy import check_sharkey
+    if (p := params.get("toy_superposition.ipynb")) is not None:
+        _seeds(p)
+        check_sharkey(p["n_samples"], p["n_inputs"], p["n_features"], p["avg_active"], p["lambda_decay"], p["covariance"])
+        if p["n_samples"] < 2: raise ValueError(f"n_samples must be at least 2 (a training and a held-out sample), got {p['n_samples']}")
+        check_positive_int("lomax_n_samples", p["lomax_n_samples"])
+        check_list("mmcs_latent_counts", p["mmcs_latent_counts"], check_positive_int, min_len=1)   # the other sweeps differ only in size
+        SweepConfig(p["n_latents"], p["l1_coefficients"], n_epochs=p["n_epochs"], batch_size=p["batch_size"], mse_reduction=p["mse_reduction"])
+    if (g := params.get("toy_glove.ipynb")) is not None:
+        _seeds(g)
+        dims = check_list("glove_dims", g["glove_dims"], lambda n, d: check_choice(n, d, GLOVE_DIMS), min_len=1)
+        if not isinstance(g["glove_dir"], str): raise ValueError(f"glove_dir must be a folder name (a string), got {show(g['glove_dir'])}")
+        if not g["glove_dir"] and any(d != 50 for d in dims):
+            raise ValueError(f"glove_dims {dims} needs glove_dir: only the 50d vectors are carried offline (download glove.6B.zip for the others)")
+        check_positive_int("glove_n_words", g["glove_n_words"])
+        mults = check_list("glove_latent_multipliers", g["glove_latent_multipliers"], check_positive_int, min_len=1)
+        with _as_params(n_latents="glove_latent_multipliers x glove_dims", l1_coefficients="glove_l1_coefficients", n_epochs="glove_n_epochs",
+                        batch_size="glove_batch_size"):
+            SweepConfig(max(mults) * max(dims), g["glove_l1_coefficients"], n_epochs=g["glove_n_epochs"], batch_size=g["glove_batch_size"],
+                        mse_reduction=g["mse_reduction"])
+
+def check_sae_params(params: Mapping[str, Mapping[str, Any]]) -> None:
+    "Construct the sae stage's configs from `params` (notebook name -> its resolved parameters), as `sae_pipeline` does."
+    from randsae.dictionary import SweepConfig
+    from randsae.saes import OPTIMIZERS, SaeTrainConfig
+    from randsae.subjects import SUBJECTS, TinySubjectConfig
+    from randsae.variants import VARIANTS
+    p = params["sae_pipeline.ipynb"]
+    spec = SUBJECTS[check_choice("subject", p["subject"], list(SUBJECTS))]; tiny = spec.source == "train_tiny"
+    check_list("variants", p["variants"], lambda n, v: check_choice(n, v, VARIANTS), min_len=1)
+    check_list("ce_variants", p["ce_variants"], lambda n, v: check_choice(n, v, VARIANTS))
+    seeds = check_list("seeds", p["seeds"], lambda n, s: check_seed(s, n), min_len=1)
+    if len(set(seeds)) != len(seeds): raise ValueError(f"seeds must be distinct, got {show(seeds)}")
+    seed = check_seed(p["seed"]); check_seed(seed + 2, "seed + 2")   # the token samples use seed, seed + 1 and seed + 2
+    check_choice("sae_optimizer", p["sae_optimizer"], OPTIMIZERS)
+    check_list("compare_optimizers", p["compare_optimizers"], lambda n, o: check_choice(n, o, OPTIMIZERS))
+    if p["sae_optimizer"] in p["compare_optimizers"]: raise ValueError(f"compare_optimizers must not repeat sae_optimizer={p['sae_optimizer']!r}")
+    ctx_len = check_positive_int("ctx_len", p["ctx_len"])
+    if ctx_len < 2: raise ValueError(f"ctx_len must be at least 2 (a next-token target needs two positions), got {ctx_len}")
+    with _as_params(expansion_factor="sae_expansion_factor", k="sae_k", n_tokens="sae_n_tokens", batch_size="sae_batch_size", optimizer="sae_optimizer",
+                    d_in="subject_hidden_size"):
+        sae_cfg = SaeTrainConfig(expansion_factor=p["sae_expansion_factor"], k=p["sae_k"], n_tokens=p["sae_n_tokens"], batch_size=p["sae_batch_size"],
+                                 optimizer=p["sae_optimizer"], seed=seeds[0])
+        if tiny: sae_cfg.check_width(check_positive_int("subject_hidden_size", p["subject_hidden_size"]))
+    n_blocks = check_positive_int("subject_n_layers", p["subject_n_layers"]) if tiny else spec.n_layers
+    check_list("layers", p["layers"], lambda n, l: check_int(n, l, 0, n_blocks - 1))
+    if p["sae_n_tokens"] < p["sae_batch_size"] * ctx_len:
+        raise ValueError(f"sae_n_tokens={p['sae_n_tokens']} is less than one SAE batch: sae_batch_size x ctx_len = {p['sae_batch_size'] * ctx_len}")
+    check_int("heldout_max_tokens", p["heldout_max_tokens"], ctx_len)
+    cache = check_int("latent_cache_max_tokens", p["latent_cache_max_tokens"], ctx_len)
+    check_int("dead_check_max_tokens", p["dead_check_max_tokens"], ctx_len, cache)
+    if tiny:
+        from randsae.corpus import MIN_VOCAB_SIZE
+        check_int("vocab_size", p["vocab_size"], MIN_VOCAB_SIZE)   # the 256 bytes and the end-of-text token
+        if check_nonneg_int("subject_max_tokens", p["subject_max_tokens"]): check_int("subject_max_tokens", p["subject_max_tokens"], ctx_len)
+        with _as_params(hidden_size="subject_hidden_size", n_layers="subject_n_layers", n_heads="subject_n_heads",
+                        intermediate_size="subject_intermediate_size", batch_size="subject_batch_size", lr="subject_lr"):
+            TinySubjectConfig(hidden_size=p["subject_hidden_size"], n_layers=p["subject_n_layers"], n_heads=p["subject_n_heads"],
+                              intermediate_size=p["subject_intermediate_size"], ctx_len=ctx_len, batch_size=p["subject_batch_size"], lr=p["subject_lr"], seed=seed)
+    else: check_positive_int("hub_n_tokens", p["hub_n_tokens"])
+    mult = check_positive_int("embedding_latent_multiplier", p["embedding_latent_multiplier"])
+    with _as_params(n_latents="embedding_latent_multiplier x subject_hidden_size", l1_coefficients="embedding_l1_coefficients", n_epochs="embedding_n_epochs"):
+        SweepConfig(mult * (p["subject_hidden_size"] if tiny else 1), p["embedding_l1_coefficients"], n_epochs=p["embedding_n_epochs"])
+
+def check_interp_params(params: Mapping[str, Mapping[str, Any]]) -> None:
+    "Construct the interp stage's configs from `params` (notebook name -> its resolved parameters), as `autointerp` does."
+    from randsae.latents import TRAIN_TYPES, RecordConfig
+    from randsae.llm import LLM_CLIENTS
+    from randsae.variants import VARIANTS
+    p = params["autointerp.ipynb"]
+    check_list("variants", p["variants"], lambda n, v: check_choice(n, v, VARIANTS))
+    check_list("seeds", p["seeds"], lambda n, s: check_seed(s, n)); check_list("layers", p["layers"], check_nonneg_int)
+    RecordConfig(n_latents=p["n_latents"], window_len=p["window_len"], n_train=p["n_train"], n_test=p["n_test"], n_negative=p["n_negative"],
+                 n_quantiles=p["n_quantiles"], min_examples=p["min_examples"], seed=p["seed"], train_type=p["train_type"],
+                 candidate_factor=p["candidate_factor"])
+    if p["compare_train_type"]: check_choice("compare_train_type", p["compare_train_type"], TRAIN_TYPES)
+    check_choice("llm_client", p["llm_client"], list(LLM_CLIENTS))
+    for name in ("llm_latents_per_sae", "llm_n_train", "llm_n_test", "llm_n_negative", "llm_max_new_tokens", "n_bootstrap", "batch_size_chunks",
+                 "llm_batch_size", "llm_tensor_parallel_size"): check_positive_int(name, p[name])
+    if p["llm_latents_per_sae"] > p["n_latents"]: raise ValueError(f"llm_latents_per_sae must be at most n_latents={p['n_latents']}, got {p['llm_latents_per_sae']}")
+    check_nonneg_int("cache_n_tokens", p["cache_n_tokens"]); check_nonneg_int("n_cards", p["n_cards"])
+    check_range("null_mass", p["null_mass"], 0, 1, lo_open=True); check_range("fuzz_threshold", p["fuzz_threshold"], 0, 1)
+
+def check_stage(stage: str, params: Mapping[str, Mapping[str, Any]]) -> None:
+    "Run the checker `STAGES[stage].validator` names on the stage's resolved parameters: a `ValueError` of one line naming the stage."
+    name = STAGES[stage].validator
+    if not name: return
+    module, _, fn = name.partition(":")
+    try: getattr(importlib.import_module(module), fn)(params)
+    except (ValueError, TypeError, OverflowError) as e:
+        raise ValueError(f"stage {stage!r}: {' '.join(str(e).split())}") from None
 
 # %% ../nbs/05_runner.ipynb #9d10c15a
 def run_dir_name(base: str, overrides: Mapping[str, Any]) -> str:
@@ -140,6 +269,9 @@ def plan_runs(preset: Preset, stages: Sequence[str] | None = None, overrides: Ma
             declared[nb] = notebook_parameters(nb_dir/nb)
     check_overrides(overrides, declared)
     check_overrides({k: v for s in stages for k, v in preset.stages[s].params.items()}, declared)  # presets must match the notebooks too
+    for s in stages:   # the values, as each notebook will see them, must make valid configs
+        check_stage(s, {nb: {**declared[nb], **{k: v for k, v in {**preset.stages[s].params, **overrides}.items() if k in declared[nb]}}
+                        for nb in STAGES[s].notebooks})
 
     def stage_runs(s: str) -> list[NotebookRun]:
         # A stage's folder is named from the overrides its notebooks (and the stages it needs) declare, so that an

@@ -6,7 +6,8 @@ Docs: https://randsae.github.io/randsae/toy.html.md"""
 
 # %% auto #0
 __all__ = ['CovarianceKind', 'LomaxData', 'lomax_data', 'random_mlp', 'mlp_outputs', 'lomax_panels', 'SharkeyData',
-           'sharkey_data', 'sharkey_data_loop', 'sharkey_statistics', 'feature_frequencies', 'gaussian_control']
+           'check_sharkey', 'sharkey_data', 'sharkey_data_loop', 'sharkey_statistics', 'feature_frequencies',
+           'gaussian_control']
 
 # %% ../nbs/01_toy.ipynb #8724bd2d
 import math
@@ -74,7 +75,7 @@ class SharkeyData:
     features: Tensor      # (n_inputs, n_features), unit-norm columns: the ground truth
     coefficients: Tensor  # (n_samples, n_features), nonzero where a feature is active
 
-def _check_sharkey(n_samples, n_inputs, n_features, avg_active, lambda_decay, covariance):
+def check_sharkey(n_samples, n_inputs, n_features, avg_active, lambda_decay, covariance):
     check_positive_int("n_samples", n_samples); check_positive_int("n_inputs", n_inputs); check_positive_int("n_features", n_features)
     check_range("avg_active", avg_active, 0, n_features, lo_open=True); check_range("lambda_decay", lambda_decay, 0)
     if covariance not in ("raw", "correlation"): raise ValueError(f"covariance must be 'raw' or 'correlation', got {covariance!r}")
@@ -172,7 +173,7 @@ def sharkey_data(n_samples: int, n_inputs: int = 256, n_features: int = 512, avg
                  lambda_decay: float = 0.99, *, seed: int = 0, covariance: CovarianceKind = "raw",
                  device: str | torch.device | None = "cpu") -> SharkeyData:
     "Vectorised Sharkey et al. data (paper Fig 12); `covariance='correlation'` normalises Σ to a correlation matrix."
-    _check_sharkey(n_samples, n_inputs, n_features, avg_active, lambda_decay, covariance)
+    check_sharkey(n_samples, n_inputs, n_features, avg_active, lambda_decay, covariance)
     check_seed(seed)
     dev = get_device(device)
     # All random numbers first, before any torch op: for milliseconds after each parallel op torch's OpenMP
@@ -194,7 +195,7 @@ def sharkey_data(n_samples: int, n_inputs: int = 256, n_features: int = 512, avg
 def sharkey_data_loop(n_samples: int, n_inputs: int = 256, n_features: int = 512, avg_active: float = 5.0,
                       lambda_decay: float = 0.99, *, seed: int = 0) -> SharkeyData:
     "The per-sample loop of the paper's Fig 12 (slow; reference for tests and benchmarks)."
-    _check_sharkey(n_samples, n_inputs, n_features, avg_active, lambda_decay, "raw")
+    check_sharkey(n_samples, n_inputs, n_features, avg_active, lambda_decay, "raw")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         features = torch.randn(n_inputs, n_features)
