@@ -96,8 +96,8 @@ def check_finite(name: str, value) -> float:
     return check_range(name, value, -math.inf)
 
 def check_choice(name: str, value, choices) -> Any:
-    "`value` if it is one of `choices`, else a `ValueError` naming `name` and listing them."
-    if not isinstance(value, str if all(isinstance(c, str) for c in choices) else object) or value not in choices:
+    "`value` if it is one of `choices` (of the same type: 50.0 is not the choice 50), else a `ValueError` naming `name` and listing them."
+    if not any(type(value) is type(c) and value == c for c in choices):
         raise ValueError(f"{name} must be one of {list(choices)}, got {show(value)}")
     return value
 
