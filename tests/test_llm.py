@@ -253,3 +253,210 @@ def test_explain_and_score_through_a_live_server(tmp_path):
     assert len(ok) and all(abs(p - prob_one(TOP)) < 1e-9 for p in ok)   # P("1") pooled over "1" and " 1", over P("0") + P("1")
     assert sc.probability.isna().sum() == 2 == client.stats()["failures"], "every malformed reply is counted, and only those"
     assert sum(r["json"]["max_tokens"] == 1 for r in requests) == len(sc)   # one example per scoring request
+
+
+# ---------------------------------------------------------------- a failing server on a seeded schedule (issue 14, section 4)
+
+from randsae.llm import (CACHE_FORMAT, FAULTS, FAILURE_KINDS, ConnectionClosedError, EmptyReplyError, check_cache_entry, failure_kind,
+                         fault_schedule, faulty_reply)
+
+LP = {"1": math.log(0.75), "0": math.log(0.25)}
+EXPLAIN = "Some thoughts.\n[EXPLANATION]: tokens t1 and t2"
+
+def healthy(path, req):
+    "Explanations for long requests, P('1') = 0.75 for one-token scoring requests."
+    return 200, json.dumps(canned_openai_reply(EXPLAIN if req.get("max_tokens") != 1 else "1", LP, prompt_tokens=7)).encode()
+
+def fast_client(url, **kw):
+    return OpenAIClient("served-model", url, **{"timeout": 0.2, "connect_timeout": 0.2, "backoff": 0.01, "max_retries": 2, **kw})
+
+RETRIED_AS = {"timeout": "timeout", "trickle": "timeout", "http_429": "http_429", "http_429_retry_after": "http_429", "http_500": "http_5xx",
+              "http_503": "http_5xx", "closed": "connection", "malformed": "malformed"}
+
+
+@pytest.mark.parametrize("fault", list(FAULTS))
+def test_each_fault_once_is_retried_or_counted(transport, fault, tmp_path):
+    "One fault, then a healthy server: a transient fault is retried (counted under its kind) and the answer cached; an empty reply is a failure, not cached."
+    for method in ("generate", "score"):
+        with local_server(faulty_reply(healthy, [fault], hang_s=0.5, drip_s=0.005)) as (url, reqs):
+            cc = CachedClient(fast_client(url), tmp_path/method)
+            t0 = time.perf_counter()
+            got = cc.generate(ask("x")).ok if method == "generate" else bool(cc.next_token_logprobs(ask("x")))
+            assert time.perf_counter() - t0 < 1.5
+            s = cc.stats(); cached = len(list((tmp_path/method).rglob("*.json")))
+        if fault == "empty":
+            assert (got, len(reqs), s["failure_kinds"], s["retries"], cached) == (False, 1, {"empty": 1}, {}, 0)
+        elif fault == "slow":
+            assert (got, len(reqs), s["failures"], s["retries"], cached) == (True, 1, 0, {}, 1)
+        else:
+            assert (got, len(reqs), s["failures"], s["retries"], cached) == (True, 2, 0, {RETRIED_AS[fault]: 1}, 1)
+
+
+@pytest.mark.parametrize("fault, kind, n_requests", [
+    ("malformed", "malformed", 2),        # retried once only
+    ("empty", "empty", 1),                # not retried
+    ("http_503", "http_5xx", 3),          # retried max_retries times
+    ("closed", "connection", 3),
+    ("timeout", "timeout", 3),
+])
+def test_persistent_faults_fail_with_their_kind(fault, kind, n_requests, tmp_path):
+    "A fault on every attempt: the request fails under its kind after as many attempts as that kind gets, and is asked again next time."
+    with local_server(faulty_reply(healthy, [fault] * n_requests, hang_s=0.4)) as (url, reqs):
+        cc = CachedClient(fast_client(url), tmp_path)
+        assert cc.next_token_logprobs(ask("x")) == {}
+        assert len(reqs) == n_requests and cc.stats()["failure_kinds"] == {kind: 1}
+        assert cc.next_token_logprobs(ask("x")) != {} and len(reqs) == n_requests + 1   # not cached: asked again, now healthy
+    assert set(cc.stats()["failure_kinds"]) <= set(FAILURE_KINDS)
+
+
+def test_no_retry_for_4xx_or_unreachable(tmp_path):
+    with local_server(reply) as (url, reqs):
+        with pytest.raises(llm.HTTPStatusError): fast_client(url).generate(ask("404"))
+        assert len(reqs) == 1
+    port = closed_port(); c = fast_client(f"http://127.0.0.1:{port}", max_retries=5)
+    with pytest.raises(ConnectionError) as e: c.generate(ask("x"))
+    assert failure_kind(e.value) == "unreachable" and c.retries == {}
+
+
+def test_retry_after_is_honoured_up_to_the_cap():
+    for cap, lo, hi in ((5.0, 0.3, 1.0), (0.05, 0.0, 0.25)):
+        with local_server(faulty_reply(healthy, ["http_429_retry_after"], retry_after_s=0.3)) as (url, reqs):
+            t0 = time.perf_counter(); fast_client(url, max_backoff=cap).generate(ask("x")); dt = time.perf_counter() - t0
+        assert len(reqs) == 2 and lo <= dt < hi, (cap, dt)
+    assert llm._retry_after("2") == 2.0 and llm._retry_after("soon") is None and llm._retry_after(None) is None
+    assert 0 <= llm._retry_after("Wed, 21 Oct 2015 07:28:00 GMT") < 1    # a date in the past: no wait
+
+
+def test_backoff_is_exponential_jittered_seeded_and_capped():
+    waits = lambda seed: [OpenAIClient("m", backoff=1.0, max_backoff=5.0, seed=seed)._wait(a, RuntimeError()) for a in range(6)]
+    w = waits(7)
+    assert w == waits(7) != waits(8)
+    for a, x in enumerate(w): assert 0.5 * min(5.0, 2**a) <= x <= min(5.0, 2**a)
+    assert OpenAIClient("m", max_backoff=2.0)._wait(0, llm.HTTPStatusError("u", 429, "", retry_after=60)) == 2.0
+
+
+def test_request_deadline_bounds_retries():
+    with local_server(faulty_reply(healthy, ["timeout"] * 20, hang_s=0.5)) as (url, reqs):
+        t0 = time.perf_counter()
+        with pytest.raises(TimeoutError): fast_client(url, max_retries=50, deadline=0.5).generate(ask("x"))
+        assert time.perf_counter() - t0 < 0.9 and 2 <= len(reqs) <= 3
+
+
+@pytest.mark.parametrize("dead", ["http_503", "unreachable", "timeout"])
+def test_a_dead_server_stops_the_interp_loop(dead, tmp_path, caplog):
+    "Ten failed requests in a row and the cached client stops asking: every other example fails at once as 'stopped'."
+    from randsae.autointerp import synthetic_records, synthetic_vocab
+    rec = synthetic_records(20, n_train=3, n_test=10, n_negative=10, vocab_size=50, window_len=6, seed=1)
+    explanations = {i: "tokens t1" for i in range(20)}
+    n_row = 4 if dead == "timeout" else 10   # the default, but a hanging server takes a while
+    t0 = time.perf_counter()
+    with local_server(faulty_reply(healthy, [dead if dead != "unreachable" else "ok"] * 10_000, hang_s=0.3)) as (url, reqs):
+        if dead == "unreachable": url = f"http://127.0.0.1:{closed_port()}"
+        cc = CachedClient(fast_client(url, timeout=0.1), tmp_path, max_consecutive_failures=n_row)
+        sc = llm.llm_scores(rec, explanations, cc, synthetic_vocab(50), progress=False)
+        n = len(reqs)
+    s = cc.stats(); per_request = 1 if dead == "unreachable" else 3
+    assert sc.probability.isna().all() and len(sc) == 2 * 20 * 20
+    assert s["failure_kinds"] == {{"http_503": "http_5xx"}.get(dead, dead): n_row, "stopped": len(sc) - n_row}
+    assert n == (0 if dead == "unreachable" else n_row * per_request)
+    assert time.perf_counter() - t0 < 6 and f"{n_row} requests failed in a row" in s["stopped"]
+    assert sum("stopped asking served-model" in r.message for r in caplog.records) == 1
+    assert list(tmp_path.rglob("*.json")) == []
+
+
+def test_failure_budget_in_count_and_seconds(tmp_path):
+    sched = ["http_500", "ok"] * 100   # alternating: never ten in a row
+    with local_server(faulty_reply(healthy, sched)) as (url, reqs):
+        cc = CachedClient(fast_client(url, max_retries=0), tmp_path/"a", max_failures=5)
+        out = cc.score_batch([ask(str(i)) for i in range(40)])
+        assert sum(bool(o) for o in out) == 4 and len(reqs) == 9 and cc.stats()["failure_kinds"] == {"http_5xx": 5, "stopped": 31}
+    with local_server(faulty_reply(healthy, ["timeout"] * 100, hang_s=0.3)) as (url, reqs):
+        cc = CachedClient(fast_client(url, max_retries=0), tmp_path/"b", max_failure_seconds=0.5)
+        t0 = time.perf_counter(); cc.score_batch([ask(str(i)) for i in range(40)])
+        assert len(reqs) == 3 and time.perf_counter() - t0 < 1.5 and "failed requests took" in cc.stopped
+
+
+def _interp(url, cache, rec, vocab, **kw):
+    cc = CachedClient(fast_client(url, max_retries=1, **kw), cache)
+    ex = llm.llm_explanations(rec, cc, vocab, n_examples=2, progress=False)
+    sc = llm.llm_scores(rec, {i: "tokens t1 and t2" for i in range(len(ex))}, cc, vocab, n_pos=2, n_neg=2, progress=False)
+    return ex, sc, cc.stats()
+
+
+def test_seeded_failing_server_then_healthy_rerun_fills_exactly_the_missing(transport, tmp_path):
+    "The interp functions complete against every fault at once; failures are counted by kind, never cached; a healthy rerun asks exactly for the missing answers."
+    from randsae.autointerp import synthetic_records, synthetic_vocab
+    rec, vocab = synthetic_records(3, n_train=3, n_test=2, n_negative=2, vocab_size=50, window_len=6, seed=1), synthetic_vocab(50)
+    schedule = fault_schedule(200, {f: 0.08 for f in FAULTS}, seed={"httpx": 0, "urllib": 1}[transport])
+    with local_server(faulty_reply(healthy, schedule, hang_s=0.4, drip_s=0.005)) as (url, reqs):
+        ex1, sc1, s1 = _interp(url, tmp_path/"cache", rec, vocab)
+        served = len(reqs)
+    missing = int(ex1.explanation.isna().sum() + sc1.probability.isna().sum())
+    assert 0 < missing < len(ex1) + len(sc1), "the seed gives some failures, and the retries cure most"
+    assert s1["failures"] == missing == sum(s1["failure_kinds"].values()) and s1["stopped"] is None
+    assert set(s1["failure_kinds"]) <= set(FAILURE_KINDS) and sum(s1["retries"].values()) > 0
+    assert len(list((tmp_path/"cache").rglob("*.json"))) == len(ex1) + len(sc1) - missing, "failures are never cached"
+    assert served == s1["misses"] + sum(s1["retries"].values())        # one request per miss, plus one per retry
+    with local_server(healthy) as (url, reqs):
+        ex2, sc2, s2 = _interp(url, tmp_path/"cache", rec, vocab)
+        assert len(reqs) == missing == s2["misses"] and s2["failures"] == 0
+    with local_server(healthy) as (url, _):
+        ex3, sc3, _ = _interp(url, tmp_path/"clean", rec, vocab)
+    assert ex2.explanation.tolist() == ex3.explanation.tolist() and sc2.probability.tolist() == sc3.probability.tolist()
+    assert (sc2.probability == 0.75).all()
+
+
+# ---------------------------------------------------------------- the response cache's integrity (issue 14, section 2)
+
+def _xor_middle(b: bytes) -> bytes:
+    i = len(b) // 2; return b[:i] + bytes(x ^ 0xFF for x in b[i:i + 8]) + b[i + 8:]
+
+def _old_version(b: bytes) -> bytes:
+    "The entry as randsae wrote it before format 2: no format, key or checksum."
+    e = json.loads(b); return json.dumps({k: e[k] for k in ("model", "method", "params", "messages", "result")}).encode()
+
+def _other_format(b: bytes) -> bytes:
+    "A well-formed entry with a valid checksum, of another cache format."
+    e = json.loads(b); e["format"] = "randsae-llm-cache/1"; e["sha256"] = llm._entry_digest(e); return json.dumps(e).encode()
+
+def _altered_answer(b: bytes) -> bytes:
+    "Valid JSON of the right shape with another answer in it (a flipped digit of a log-probability, a changed word)."
+    e = json.loads(b); r = e["result"]
+    if "text" in r: r["text"] = r["text"].replace("t2", "t3")
+    else: r["1"] += 0.1
+    return json.dumps(e, indent=2, sort_keys=True).encode()
+
+DAMAGE = {"truncate": lambda b: b[:len(b) // 2], "flip": _xor_middle, "altered_answer": _altered_answer,
+          "old_version": _old_version, "other_format": _other_format}
+
+
+@pytest.mark.parametrize("damage", list(DAMAGE))
+def test_damaged_cache_entries_are_warned_deleted_and_asked_again(damage, tmp_path, caplog):
+    from randsae.autointerp import synthetic_records, synthetic_vocab
+    rec, vocab = synthetic_records(2, n_train=3, n_test=2, n_negative=2, vocab_size=50, window_len=6, seed=1), synthetic_vocab(50)
+    with local_server(healthy) as (url, reqs):
+        ex1, sc1, _ = _interp(url, tmp_path, rec, vocab)
+        files = sorted(tmp_path.rglob("*.json")); good = {f: f.read_bytes() for f in files}
+        hit = files[::3]
+        for f in hit:
+            bad = DAMAGE[damage](good[f]); assert bad != good[f]; f.write_bytes(bad)
+            with pytest.raises(ValueError): check_cache_entry(bad, f.stem)
+        n = len(reqs); caplog.clear()
+        ex2, sc2, s2 = _interp(url, tmp_path, rec, vocab)
+        assert len(reqs) - n == len(hit) == s2["rebuilt"] == s2["misses"]
+    assert ex2.equals(ex1) and sc2.probability.tolist() == sc1.probability.tolist()
+    same = lambda b, f: {k: v for k, v in check_cache_entry(b, f.stem).items() if k != "seconds"}   # a reply's wall seconds differ
+    assert all(same(f.read_bytes(), f) == same(good[f], f) for f in files), "rebuilt with the same answers"
+    warned = " ".join(r.getMessage() for r in caplog.records if r.levelname == "WARNING")
+    assert all(str(f) in warned for f in hit)
+    if damage in ("old_version", "other_format"): assert "another version of randsae" in warned
+
+
+def test_cache_entry_of_another_key_is_not_an_answer(tmp_path):
+    with local_server(healthy) as (url, reqs):
+        cc = CachedClient(fast_client(url), tmp_path)
+        cc.generate(ask("a")); cc.generate(ask("b"))
+        fa, fb = sorted(tmp_path.rglob("*.json"), key=lambda p: p.stat().st_mtime)
+        fa.write_bytes(fb.read_bytes())     # b's answer under a's name
+        assert cc.generate(ask("a")).ok and len(reqs) == 3 and cc.stats()["rebuilt"] == 1
+    assert json.loads(fa.read_text())["key"] == fa.stem and json.loads(fa.read_text())["format"] == CACHE_FORMAT
