@@ -210,12 +210,22 @@ def check_interp_params(params: Mapping[str, Mapping[str, Any]]) -> None:
     check_nonneg_int("cache_n_tokens", p["cache_n_tokens"]); check_nonneg_int("n_cards", p["n_cards"])
     check_range("null_mass", p["null_mass"], 0, 1, lo_open=True); check_range("fuzz_threshold", p["fuzz_threshold"], 0, 1)
 
+@contextmanager
+def _quiet():
+    "Silence what the checkers' imports print or log (sparsify's note that Triton is missing): a refused run prints one line only."
+    import contextlib, io
+    level = logging.root.manager.disable; logging.disable(logging.WARNING)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()): yield
+    finally: logging.disable(level)
+
 def check_stage(stage: str, params: Mapping[str, Mapping[str, Any]]) -> None:
     "Run the checker `STAGES[stage].validator` names on the stage's resolved parameters: a `ValueError` of one line naming the stage."
     name = STAGES[stage].validator
     if not name: return
     module, _, fn = name.partition(":")
-    try: getattr(importlib.import_module(module), fn)(params)
+    try:
+        with _quiet(): getattr(importlib.import_module(module), fn)(params)
     except (ValueError, TypeError, OverflowError) as e:
         raise ValueError(f"stage {stage!r}: {' '.join(str(e).split())}") from None
 

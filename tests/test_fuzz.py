@@ -4,7 +4,7 @@ Whatever a user types, the answer is either a run (here: a dry run) or one clean
 parameter, with exit status 2, no traceback and nothing written under the outputs folder. `randsae.cli.main` runs in
 process (no interpreter start per example); the examples are seeded (`derandomize=True`) and few, so the file stays fast.
 """
-import contextlib, dataclasses, io, math, os
+import contextlib, dataclasses, io, logging, math, os
 from pathlib import Path
 
 import pytest
@@ -28,11 +28,14 @@ def outputs(tmp_path_factory):
 
 
 def run(*argv) -> tuple[int, str]:
-    "Exit status and stderr of `randsae *argv`, in process."
-    err = io.StringIO()
-    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
-        try: rc = main([str(a) for a in argv])
-        except SystemExit as e: rc = e.code
+    "Exit status and stderr of `randsae *argv`, in process (log records included, as the console script prints them)."
+    err = io.StringIO(); root = logging.getLogger(); handler = logging.StreamHandler(err); level = root.level
+    root.addHandler(handler); root.setLevel(logging.INFO)
+    try:
+        with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+            try: rc = main([str(a) for a in argv])
+            except SystemExit as e: rc = e.code
+    finally: root.removeHandler(handler); root.setLevel(level)
     return rc, err.getvalue()
 
 
