@@ -1,11 +1,12 @@
 "The transformer pipeline end to end on a tiny subject, its table contract, and its early errors."
-import json
+import json, time
 
 import pandas as pd
 import pytest
 import torch
 
 from conftest import run_cli
+from test_faults import assert_same_tables, kill_at_random_points, leftovers
 
 TINY_SAE = ["--set", "subject_max_tokens=20000", "--set", "sae_n_tokens=8192", "--set", "heldout_max_tokens=2048",
             "--set", "sae_expansion_factor=4", "--set", "sae_k=8", "--set", "seeds=[0, 1]", "--set", "latent_cache_max_tokens=16384",
@@ -18,13 +19,23 @@ TINY_INTERP = ["--set", "n_latents=6", "--set", "window_len=16", "--set", "n_tra
 VARIANTS = ["trained", "rerandomized_incl_emb", "rerandomized_excl_emb", "step0", "control"]
 
 
-def test_sae_and_interp_stages_end_to_end(tmp_path):
-    "All five variants of a tiny subject get SAEs and metrics, then auto-interpretability tables and figures; a rerun skips everything."
-    args = ["reproduce", "--preset", "tiny", "--stages", "sae,interp", "--no-progress", "--set", "vocab_size=512", "--set", "ctx_len=32",
-            "--set", "subject_hidden_size=32", "--set", "subject_n_layers=2", "--set", "subject_intermediate_size=64",
-            "--set", "subject_batch_size=16", "--set", "sae_batch_size=8", *TINY_SAE, *TINY_INTERP]
-    r = run_cli(*args, outputs=tmp_path, timeout=900)
+ARGS = ["reproduce", "--preset", "tiny", "--stages", "sae,interp", "--no-progress", "--set", "vocab_size=512", "--set", "ctx_len=32",
+        "--set", "subject_hidden_size=32", "--set", "subject_n_layers=2", "--set", "subject_intermediate_size=64",
+        "--set", "subject_batch_size=16", "--set", "sae_batch_size=8", *TINY_SAE, *TINY_INTERP]
+
+
+@pytest.fixture(scope="module")
+def pipeline_run(tmp_path_factory):
+    "One uninterrupted run of the sae and interp stages at tiny sizes, shared by the tests of this module: (outputs root, seconds)."
+    root = tmp_path_factory.mktemp("pipeline"); t0 = time.perf_counter()
+    r = run_cli(*ARGS, outputs=root, timeout=900)
     assert r.returncode == 0, r.stderr[-3000:]
+    return root, time.perf_counter() - t0
+
+
+def test_sae_and_interp_stages_end_to_end(pipeline_run):
+    "All five variants of a tiny subject get SAEs and metrics, then auto-interpretability tables and figures; a rerun skips everything."
+    tmp_path, _ = pipeline_run; args = ARGS
     (out,) = [d for d in tmp_path.iterdir() if d.name.startswith("tiny--") and (d/"sae_pipeline.ipynb").exists()]
     table = pd.read_parquet(out/"tables"/"sae_metrics.parquet")
     assert {"variant", "layer", "explained_variance", "cosine_similarity", "l1_norm", "ce_loss_score"} <= set(table.columns)
@@ -85,6 +96,18 @@ def test_sae_and_interp_stages_end_to_end(tmp_path):
     assert r3.returncode != 0 and f"cannot reach the LLM server at http://127.0.0.1:{port}" in r3.stderr, r3.stderr[-2000:]
     (failed,) = [d for d in tmp_path.iterdir() if (d/"autointerp.failed.ipynb").exists()]
     assert failed != interp and not (failed/"records").exists()
+
+
+def test_sae_and_interp_killed_anywhere_resume_to_the_same_tables(pipeline_run, tmp_path):
+    "SIGKILLed at seeded random points (subject training, SAE training, evaluation, records, LLM scoring), the rerun ends with the same tables."
+    ref, seconds = pipeline_run
+    points = kill_at_random_points(ARGS, tmp_path, seconds, n_kills=3, seed=9)
+    r = run_cli(*ARGS, outputs=tmp_path, timeout=900)
+    assert r.returncode == 0, (points, r.stderr[-3000:])
+    outs = [d for d in tmp_path.iterdir() if (d/"tables").is_dir()]
+    assert len(outs) == 2, outs   # the sae stage's folder and the interp stage's
+    for out in outs: assert_same_tables(out, ref/out.name)
+    assert not leftovers(tmp_path), leftovers(tmp_path)
 
 
 def test_interp_alone_needs_the_sae_stage(tmp_path):
