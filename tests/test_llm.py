@@ -278,18 +278,21 @@ RETRIED_AS = {"timeout": "timeout", "trickle": "timeout", "http_429": "http_429"
 def test_each_fault_once_is_retried_or_counted(transport, fault, tmp_path):
     "One fault, then a healthy server: a transient fault is retried (counted under its kind) and the answer cached; an empty reply is a failure, not cached."
     for method in ("generate", "score"):
-        with local_server(faulty_reply(healthy, [fault], hang_s=0.5, drip_s=0.005)) as (url, reqs):
-            cc = CachedClient(fast_client(url), tmp_path/method)
+        with local_server(faulty_reply(healthy, [fault], hang_s=0.6, drip_s=0.005)) as (url, reqs):
+            cc = CachedClient(fast_client(url, timeout=0.3), tmp_path/method)
             t0 = time.perf_counter()
             got = cc.generate(ask("x")).ok if method == "generate" else bool(cc.next_token_logprobs(ask("x")))
-            assert time.perf_counter() - t0 < 1.5
+            assert time.perf_counter() - t0 < 2
             s = cc.stats(); cached = len(list((tmp_path/method).rglob("*.json")))
+        # on a loaded machine a healthy answer may also miss the short timeout once: extra 'timeout' retries are allowed
+        extra = s["retries"].get("timeout", 0) - (fault in ("timeout", "trickle"))
+        assert set(s["retries"]) <= {RETRIED_AS.get(fault, "timeout"), "timeout"} and len(reqs) == 1 + sum(s["retries"].values())
         if fault == "empty":
-            assert (got, len(reqs), s["failure_kinds"], s["retries"], cached) == (False, 1, {"empty": 1}, {}, 0)
+            assert (got, len(reqs), s["failure_kinds"], cached) == (False, 1, {"empty": 1}, 0)
         elif fault == "slow":
-            assert (got, len(reqs), s["failures"], s["retries"], cached) == (True, 1, 0, {}, 1)
+            assert (got, len(reqs) - extra, s["failures"], cached) == (True, 1, 0, 1)
         else:
-            assert (got, len(reqs), s["failures"], s["retries"], cached) == (True, 2, 0, {RETRIED_AS[fault]: 1}, 1)
+            assert (got, len(reqs) - extra, s["failures"], s["retries"].get(RETRIED_AS[fault]) - max(extra, 0) * (RETRIED_AS[fault] == "timeout"), cached) == (True, 2, 0, 1, 1)
 
 
 @pytest.mark.parametrize("fault, kind, n_requests", [
