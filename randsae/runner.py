@@ -8,10 +8,10 @@ Docs: https://randsae.github.io/randsae/runner.html.md"""
 __all__ = ['log', 'LOCK_NAME', 'notebook_parameters', 'parse_value', 'parse_set', 'load_params_file', 'check_overrides',
            'check_toy_params', 'check_sae_params', 'check_interp_params', 'check_stage', 'run_dir_name', 'NotebookRun',
            'plan_runs', 'FolderLocked', 'folder_lock', 'remove_stale_temporaries', 'lock_runs', 'NotebookFailed',
-           'provenance', 'execute_run', 'reproduce']
+           'DiskFull', 'folder_mb', 'disk_full', 'provenance', 'execute_run', 'reproduce']
 
 # %% ../nbs/05_runner.ipynb #b1b2700c
-import ast, json, logging, os, platform, re, subprocess, sys, time
+import ast, errno, json, logging, os, platform, re, subprocess, sys, time
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -373,6 +373,24 @@ class _Collect(logging.Handler):
 class NotebookFailed(RuntimeError):
     "An experiment notebook raised; the message names the notebook, the error, and where its executed part is."
 
+class DiskFull(RuntimeError):
+    "The disk of an output folder filled up. Every write is atomic, so finished work is intact and a rerun resumes."
+
+def folder_mb(folder: str | Path) -> float:
+    "Megabytes of the files under `folder`."
+    return sum(p.stat().st_size for p in Path(folder).rglob("*") if p.is_file()) / 2**20
+
+def disk_full(folder: Path, what: str, written_mb: float) -> DiskFull:
+    "The `DiskFull` error for `folder`: how much is free, how much this run wrote there, and what to do."
+    import shutil
+    free = shutil.disk_usage(folder).free / 2**20
+    return DiskFull(f"no space left on the device of {folder} while {what}: {free:.1f} MB free, and this run had written "
+                    f"{written_mb:.1f} MB there before it ran out, so it needs more than that. Free some space or set RANDSAE_OUTPUTS "
+                    f"to a folder on a larger disk, then rerun: finished notebooks are kept and skipped")
+
+def _no_space(e: BaseException) -> bool:
+    return isinstance(e, OSError) and e.errno == errno.ENOSPC or "No space left on device" in str(getattr(e, "evalue", ""))
+
 def provenance() -> dict[str, Any]:
     "Git commit, python, platform and versions of the key packages, for `run.json`."
     try: sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=experiments_dir(), capture_output=True, text=True, timeout=10).stdout.strip()
@@ -394,22 +412,27 @@ def execute_run(run: NotebookRun, force: bool = False, progress: bool = True) ->
     if force: os.environ["RANDSAE_FORCE"] = "1"   # the kernel inherits it: cached sweeps are recomputed too
     failed = run.out_dir/f"{run.notebook.stem}.failed.ipynb"
     fingerprint = run.fingerprint()   # of the notebook text as it is now, before it runs (it may be edited meanwhile)
+    mb0 = folder_mb(run.out_dir)
     try:
         with atomic_path(run.executed) as tmp:
             try:
                 pm.execute_notebook(str(run.notebook), str(tmp), parameters=run.params, kernel_name="python3",
                                     cwd=str(run.notebook.parent), progress_bar=progress, report_mode=False, language="python")
             except pm.PapermillExecutionError as e:
+                if _no_space(e): raise disk_full(run.out_dir, f"running {run.notebook.name}", folder_mb(run.out_dir) - mb0) from None
                 if tmp.exists(): os.replace(tmp, failed)   # keep the partly executed notebook for the reader
                 raise NotebookFailed(f"{run.notebook.name} failed: {e.ename}: {e.evalue} (the executed part is in {failed})") from e
             if handler.records: raise RuntimeError(f"papermill warned while running {run.notebook.name}: {handler.records}")
         failed.unlink(missing_ok=True)
+        write_json(run.marker, {"fingerprint": fingerprint, "params": run.params, "seconds": round(time.perf_counter() - t0, 1),
+                                "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+    except OSError as e:   # papermill saving the notebook, or the marker: the torn temporary is gone (atomic_path)
+        if not _no_space(e): raise
+        raise disk_full(run.out_dir, f"saving {run.notebook.name}", folder_mb(run.out_dir) - mb0) from None
     finally:
         pm_log.removeHandler(handler)
         if old_force is None: os.environ.pop("RANDSAE_FORCE", None)
         else: os.environ["RANDSAE_FORCE"] = old_force
-    write_json(run.marker, {"fingerprint": fingerprint, "params": run.params, "seconds": round(time.perf_counter() - t0, 1),
-                            "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
     return True
 
 def reproduce(preset: str, stages: Sequence[str] | None = None, overrides: Mapping[str, Any] | None = None,
@@ -417,13 +440,20 @@ def reproduce(preset: str, stages: Sequence[str] | None = None, overrides: Mappi
     "Plan then execute every notebook of the preset's (selected) stages; write `run.json` in each output folder."
     p = get_preset(preset)
     runs = plan_runs(p, stages, overrides, root)   # every check happens before the first notebook runs
-    with lock_runs(runs):
-        for run in runs:
-            t0 = time.perf_counter()
-            ran = execute_run(run, force=force, progress=progress)
-            log.info("%s %s in %.0fs", "ran" if ran else "skipped", run.notebook.name, time.perf_counter() - t0)
-        for out in dict.fromkeys(r.out_dir for r in runs):
-            write_json(out/"run.json", {"preset": p.name, "stages": sorted({r.stage for r in runs if r.out_dir == out}),
-                                        "overrides": dict(overrides or {}), **provenance(),
-                                        "notebooks": {r.notebook.name: r.params for r in runs if r.out_dir == out}})
+    try:
+        with lock_runs(runs): _execute_locked(p, runs, overrides, force, progress)
+    except OSError as e:   # a full disk outside a notebook: taking the lock or writing run.json
+        if not _no_space(e): raise
+        where = Path(e.filename).parent if getattr(e, "filename", None) else runs[0].out_dir
+        raise disk_full(where, "writing its bookkeeping", 0.0) from None
     return runs
+
+def _execute_locked(p: Preset, runs: list[NotebookRun], overrides, force: bool, progress: bool) -> None:
+    for run in runs:
+        t0 = time.perf_counter()
+        ran = execute_run(run, force=force, progress=progress)
+        log.info("%s %s in %.0fs", "ran" if ran else "skipped", run.notebook.name, time.perf_counter() - t0)
+    for out in dict.fromkeys(r.out_dir for r in runs):
+        write_json(out/"run.json", {"preset": p.name, "stages": sorted({r.stage for r in runs if r.out_dir == out}),
+                                    "overrides": dict(overrides or {}), **provenance(),
+                                    "notebooks": {r.notebook.name: r.params for r in runs if r.out_dir == out}})

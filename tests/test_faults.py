@@ -59,17 +59,57 @@ def kill_at_random_points(args, outputs: Path, seconds: float, n_kills: int, see
     return killed
 
 
-def test_toy_stage_killed_anywhere_resumes_to_the_same_tables(tmp_path):
-    p = tmp_path/"params.yaml"; p.write_text(yaml.safe_dump(TINY_TOY))
+@pytest.fixture(scope="module")
+def toy_reference(tmp_path_factory):
+    "The toy stage run once, uninterrupted, at test sizes: (args, outputs root, seconds)."
+    root = tmp_path_factory.mktemp("toy_ref"); p = root/"params.yaml"; p.write_text(yaml.safe_dump(TINY_TOY))
     args = ["reproduce", "--preset", "tiny", "--stages", "toy", "--params", p, "--no-progress"]
-    t0 = time.perf_counter(); ref = run_cli(*args, outputs=tmp_path/"ref"); seconds = time.perf_counter() - t0
+    t0 = time.perf_counter(); ref = run_cli(*args, outputs=root/"out"); seconds = time.perf_counter() - t0
     assert ref.returncode == 0, ref.stderr[-3000:]
+    return args, root/"out", seconds
 
-    points = kill_at_random_points(args, tmp_path/"killed", seconds, n_kills=3, seed=14)
-    r = run_cli(*args, outputs=tmp_path/"killed")
+
+def test_toy_stage_killed_anywhere_resumes_to_the_same_tables(toy_reference, tmp_path):
+    args, ref, seconds = toy_reference
+    points = kill_at_random_points(args, tmp_path, seconds, n_kills=3, seed=14)
+    r = run_cli(*args, outputs=tmp_path)
     assert r.returncode == 0, (points, r.stderr[-3000:])
-    assert_same_tables(tmp_path/"killed", tmp_path/"ref")
-    assert not leftovers(tmp_path/"killed"), leftovers(tmp_path/"killed")
+    assert_same_tables(tmp_path, ref)
+    assert not leftovers(tmp_path), leftovers(tmp_path)
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    "A tmpfs mounted at a fresh folder (root only), unmounted afterwards; yields a function that resizes it in MB."
+    if os.geteuid() != 0: pytest.skip("mounting a tmpfs needs root")
+    mnt = tmp_path/"disk"; mnt.mkdir()
+    def mount(mb: float, remount: bool = False):
+        opts = f"{'remount,' if remount else ''}size={int(mb * 2**20)}"
+        r = subprocess.run(["mount", "-t", "tmpfs", "-o", opts, "tmpfs", str(mnt)], capture_output=True, text=True)
+        if r.returncode: pytest.skip(f"cannot mount a tmpfs here: {r.stderr.strip()}")
+    mount.path = mnt
+    yield mount
+    subprocess.run(["umount", str(mnt)], capture_output=True)
+
+
+def test_full_disk_fails_clearly_keeps_finished_work_and_resumes(toy_reference, small_disk):
+    args, ref, _ = toy_reference
+    ref_mb = sum(f.stat().st_size for f in ref.rglob("*") if f.is_file()) / 2**20
+    small_disk(0.6 * ref_mb); disk = small_disk.path               # fills up midway through the stage
+    r = run_cli(*args, outputs=disk)
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr[-3000:]
+    (line,) = [l for l in r.stderr.splitlines() if l.startswith("randsae: error:")]
+    (out,) = [d for d in disk.iterdir()]
+    assert f"no space left on the device of {out}" in line and "MB free" in line and "needs more than" in line, line
+    assert not leftovers(disk), leftovers(disk)                       # no torn temporary, no torn .failed notebook
+    for marker in (out/".done").glob("*.json"): assert (out/f"{marker.stem}.ipynb").exists()
+    want = tables(ref)
+    for name, df in tables(disk).items(): pd.testing.assert_frame_equal(df, want[name], obj=name)   # what is there is whole
+
+    small_disk(2 * ref_mb + 4, remount=True)                         # space is freed: the rerun completes
+    r = run_cli(*args, outputs=disk)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert_same_tables(disk, ref)
 
 
 def test_second_run_on_the_same_folder_is_refused_and_a_killed_holder_is_taken_over(tmp_path):
