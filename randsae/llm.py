@@ -27,7 +27,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .config import cache_damaged, get_device, outputs_dir, replace_dir, write_json
-from .config import check_nonneg_int, check_positive_int, check_range
+from .config import check_nonneg_int, check_positive_int, check_range, check_seed, show
 from .corpus import CorpusSource, source_archive
 from .latents import LatentRecords
 from .autointerp import SCORERS, explainer_prompts, parse_explanation, prob_one, scoring_set, scoring_prompts
@@ -384,8 +384,9 @@ class OpenAIClient:
             raise ValueError(f"base_url must start with http:// or https://, got {self.base_url!r}")
         for k in ("timeout", "connect_timeout", "deadline"): check_range(k, getattr(self, k), 0, lo_open=True)
         check_range("backoff", self.backoff, 0); check_range("max_backoff", self.max_backoff, 0)
-        if isinstance(self.max_retries, bool) or not isinstance(self.max_retries, int) or self.max_retries < 0:
-            raise ValueError(f"max_retries must be a non-negative int, got {self.max_retries!r}")
+        check_nonneg_int("max_retries", self.max_retries); check_seed(self.seed)
+        if self.api_key_env is not None and (not isinstance(self.api_key_env, str) or not self.api_key_env):
+            raise ValueError(f"api_key_env must be None or the name of an environment variable, got {show(self.api_key_env)}")
         if self.api_key_env is not None and not os.environ.get(self.api_key_env):
             raise ValueError(f"api_key_env names the environment variable {self.api_key_env!r}, which is not set; set it or use api_key_env=None for a server without a key")
         b = self.base_url.rstrip("/")
