@@ -189,7 +189,25 @@ class Subject(Case):
     def manifest(self): return self.out/"subject.json"
 
 
-CASES = {"table": Table, "token_set": TokenSet, "archive": Archive, "converted_smollm2": Converted, "activations": Activations,
+class ParsedGlove(Case):
+    "Stanford's GloVe text parsed once and kept as .npy plus words (read_glove_text with a cache_dir)."
+    def __init__(self, tmp, mp):
+        import randsae.glove as g
+        self.txt, self.cache, self.g = tmp/"glove.6B.4d.txt", tmp/"cache", g
+        rng = np.random.default_rng(0)
+        self.txt.write_text("".join(f"w{i} " + " ".join(f"{v:.4f}" for v in rng.normal(size=4)) + "\n" for i in range(300)))
+        parse = g._parse_glove_text
+        def counted(*a):
+            self.builds += 1; return parse(*a)
+        mp.setattr(g, "_parse_glove_text", counted)
+    def run(self):
+        v, w = self.g.read_glove_text(self.txt, 4, cache_dir=self.cache); return torch.from_numpy(np.array(v)), w
+    def target(self): return self.cache/"glove.6B.4d.npy"
+    def shards(self): return [self.cache/"glove.6B.4d.npy", self.cache/"glove.6B.4d.words.parquet"]
+    def manifest(self): return self.cache/"glove.6B.4d.params.json"
+
+
+CASES = {"table": Table, "glove_text": ParsedGlove, "token_set": TokenSet, "archive": Archive, "converted_smollm2": Converted, "activations": Activations,
          "saes": Saes, "subject": Subject}
 
 
