@@ -604,7 +604,7 @@ class TransformersClient:
     def _prefix_kv(self, prefix: tuple[int, ...]):
         "The KV cache of `prefix` (one row), kept for the next batch that shares it."
         if self._prefix is None or self._prefix[0] != prefix:
-            kv = self.lm(input_ids=torch.tensor([prefix], device=self.device), use_cache=True).past_key_values
+            kv = self.lm(input_ids=torch.tensor([prefix], device=self.device), use_cache=True).cache   # transformers 5: `cache`, not `past_key_values`
             self._prefix = (prefix, kv)
         return self._prefix[1]
 
@@ -617,7 +617,7 @@ class TransformersClient:
         tails = [g[n_common:] for g in group]; n = max(map(len, tails))
         # Right padding after the shared prefix: causal attention keeps every real token blind to the pads that follow it.
         ids = torch.tensor([t + [self.pad_id] * (n - len(t)) for t in tails], device=self.device)
-        logits = self.lm(input_ids=ids, past_key_values=kv, use_cache=True).logits
+        logits = self.lm(input_ids=ids, cache=kv, use_cache=True).logits
         return logits[torch.arange(len(group)), torch.tensor([len(t) - 1 for t in tails])]
 
     @torch.inference_mode()

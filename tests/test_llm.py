@@ -171,6 +171,7 @@ def tiny_neox(seed=0):
 PROMPTS = [ask(" ".join(["the cat sat on the mat"] * k) + " ?") for k in (3, 1, 5, 2, 4, 1)]
 
 
+@pytest.mark.filterwarnings("error::FutureWarning")   # transformers' deprecations would flood the interp notebook's output
 @pytest.mark.parametrize("template", [False, True])
 def test_transformers_batch_equals_one_at_a_time(template):
     tok = tiny_tokenizer(template); c = TransformersClient(tiny_neox(), tok, device="cpu", batch_size=4, name="tiny")
