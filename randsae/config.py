@@ -249,6 +249,7 @@ class Stage:
     description: str = ""
     requires: tuple[str, ...] = ()  # stages whose results these notebooks read (each gets the parameter `<stage>_dir`)
     validator: str = ""  # `module:function` constructing the stage's configs from its resolved parameters before anything runs (randsae.runner.check_stage)
+    products: tuple[str, ...] = ()  # glob patterns, under the stage's folder, of what later stages read: recorded when it finishes, checked before it counts as done
 
 STAGES: dict[str, Stage] = {s.name: s for s in [
     Stage("toy", ("toy_superposition.ipynb", "toy_glove.ipynb"),
@@ -256,7 +257,8 @@ STAGES: dict[str, Stage] = {s.name: s for s in [
           validator="randsae.runner:check_toy_params"),
     Stage("sae", ("sae_pipeline.ipynb",),
           "Subject, five variants x seeds, TopK SAEs per layer with sparsify, SAE metrics with intervals (paper Section 3): Fig 3 rows 1-3, 5.",
-          validator="randsae.runner:check_sae_params"),
+          validator="randsae.runner:check_sae_params",
+          products=("sae_pipeline_summary.json", "subject/**/*", "saes/**/*", "tokens/**/*")),
     Stage("interp", ("autointerp.ipynb",),
           "Auto-interpretability of the sae stage's SAEs: token-identity null model and an LLM, fuzzing and detection AUROC, "
           "token entropy (paper Sections 3.1, 3.3): Fig 1-style ROC curves, Fig 3 rows 4 and 6.", requires=("sae",),

@@ -109,6 +109,18 @@ def test_sae_and_interp_killed_anywhere_resume_to_the_same_tables(pipeline_run, 
     for out in outs: assert_same_tables(out, ref/out.name)
     assert not leftovers(tmp_path), leftovers(tmp_path)
 
+    # A product of the sae stage that the interp stage reads, damaged: the next run says so naming the file, reruns the sae stage
+    # (which remakes the token set and reuses its intact SAEs and subject), and ends with the same tables.
+    (chunks,) = tmp_path.glob("*/tokens/latent_cache/chunks.npy")
+    b = bytearray(chunks.read_bytes()); b[len(b) // 2] ^= 0xFF; chunks.write_bytes(bytes(b))
+    alone = run_cli(*[a if a != "sae,interp" else "interp" for a in ARGS], outputs=tmp_path, timeout=300)
+    assert alone.returncode == 2 and "chunks.npy does not match the sha256" in alone.stderr and "--stages sae,interp" in alone.stderr, alone.stderr[-2000:]
+    saes = {p: p.stat().st_mtime_ns for p in tmp_path.glob("*/saes/**/sae.safetensors")}
+    r = run_cli(*ARGS, outputs=tmp_path, timeout=900)
+    assert r.returncode == 0 and "chunks.npy does not match the sha256" in r.stderr, r.stderr[-3000:]
+    assert saes and all(p.stat().st_mtime_ns == t for p, t in saes.items()), "intact SAEs are reused, not retrained"
+    for out in outs: assert_same_tables(out, ref/out.name)
+
 
 def test_interp_alone_needs_the_sae_stage(tmp_path):
     r = run_cli("reproduce", "--preset", "tiny", "--stages", "interp", "--no-progress", outputs=tmp_path, timeout=120)
