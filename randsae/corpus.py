@@ -12,10 +12,11 @@ __all__ = ['log', 'SOURCES', 'CORPUS_RECIPE', 'MANIFEST', 'DOCUMENTS_FILE', 'Spl
            'corpus_key', 'build_corpus', 'check_split', 'check_heldout_fraction', 'split_documents', 'split_frame',
            'load_tokenizer', 'tokenizer_manifest', 'train_tokenizer', 'token_dtype', 'pack_documents', 'check_chunking',
            'chunk_stream', 'encode_texts', 'split_tokens', 'token_chunks', 'save_token_set', 'load_token_set',
-           'corpus_stats', 'top_tokens', 'redpajama_texts', 'tokenizer_fingerprint', 'hub_token_chunks']
+           'corpus_stats', 'top_tokens', 'redpajama_texts', 'tokenizer_fingerprint', 'hub_token_chunks',
+           'cache_hub_dataset']
 
 # %% ../nbs/11_corpus.ipynb #e5526d3b
-import configparser, hashlib, json, logging, os, platform, re, subprocess, sys, tarfile, tempfile, zipfile
+import configparser, hashlib, itertools, json, logging, os, platform, re, subprocess, sys, tarfile, tempfile, zipfile
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -529,7 +530,8 @@ def redpajama_texts(seed: int = 0, *, dataset: str = REDPAJAMA_SAMPLE, text_fiel
     except Exception as e:   # offline mode, no network, hub errors: all mean "no data from the hub"
         offline = " (HF_HUB_OFFLINE is set)" if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on") else ""
         raise ConnectionError(f"could not stream {dataset} from the Hugging Face hub{offline}: {type(e).__name__}: {e}. "
-                              f"The Pythia presets need hub access; offline, use the embedded corpus (build_corpus, token_chunks)") from e
+                              f"The Pythia presets need hub access or a copy of {dataset} in the datasets cache (load_dataset({dataset!r}) once "
+                              f"where there is network, or cache_hub_dataset on local files); otherwise use the embedded corpus (build_corpus, token_chunks)") from e
     ds = ds.shuffle(seed=seed, buffer_size=shuffle_buffer) if streaming else ds.shuffle(seed=seed)
     return (row[text_field] for row in ds)
 
@@ -545,12 +547,14 @@ def hub_token_chunks(tokenizer, ctx_len: int = 2048, n_tokens: int = PAPER_N_TOK
     check_chunking(ctx_len, seed, n_tokens, "n_tokens"); check_positive_int("batch_size", batch_size)
     eos = tokenizer.eos_token_id
     if eos is None: raise ValueError(f"tokenizer {getattr(tokenizer, 'name_or_path', '')!r} has no eos_token to separate documents")
+    it = iter(texts if texts is not None else redpajama_texts(seed)); first = next(it, None)
+    if first is None: raise ValueError("no texts to tokenise" + ("" if texts is not None else f": {REDPAJAMA_SAMPLE} is empty"))
     def compute():
         buf = np.zeros(n_tokens, dtype=token_dtype(len(tokenizer))); filled, n_docs = 0, 0
-        it = iter(texts if texts is not None else redpajama_texts(seed))
+        it_all = itertools.chain([first], it)
         with tqdm(total=n_tokens, desc="tokenising", unit="tok", unit_scale=True, leave=False) as bar:
             while filled < n_tokens:
-                batch = [t for _, t in zip(range(batch_size), it)]
+                batch = [t for _, t in zip(range(batch_size), it_all)]
                 if not batch: break
                 part = pack_documents(encode_texts(tokenizer, batch, batch_size), eos, buf.dtype)[: n_tokens - filled]
                 buf[filled:filled + len(part)] = part; filled += len(part); n_docs += len(batch); bar.update(len(part))
@@ -558,6 +562,33 @@ def hub_token_chunks(tokenizer, ctx_len: int = 2048, n_tokens: int = PAPER_N_TOK
         return buf[:filled], {"n_tokens": filled, "n_documents": n_docs}
     if texts is not None: stream = compute()[0]
     else:
-        key = {"recipe": TOKENS_RECIPE, "dataset": REDPAJAMA_SAMPLE, "tokenizer": tokenizer_fingerprint(tokenizer), "n_tokens": n_tokens, "seed": seed}
+        key = {"recipe": TOKENS_RECIPE, "dataset": REDPAJAMA_SAMPLE, "tokenizer": tokenizer_fingerprint(tokenizer), "n_tokens": n_tokens, "seed": seed,
+               "first_document_sha256": hashlib.sha256(first.encode()).hexdigest()}   # which copy of the data: the hub's, or a local one
         stream = _cached_array(default_cache_dir()/"hub"/params_hash(key)/"tokens.npy", key, "RedPajama tokens", compute, force)[0]
     return chunk_stream(stream, ctx_len, seed)
+
+# %% ../nbs/11_corpus.ipynb #fbddcfa6
+def cache_hub_dataset(files: str | Path | Sequence[str | Path], dataset: str = REDPAJAMA_SAMPLE, cache_dir: str | Path | None = None) -> Path:
+    "Prepare JSON Lines `files` as hub dataset `dataset` (split train) in the `datasets` cache, where offline `load_dataset(dataset)` reads it; return its folder."
+    try:
+        import datasets
+        from datasets.naming import camelcase_to_snakecase
+        from datasets.packaged_modules.json.json import Json
+    except ImportError as e: raise ImportError("cache_hub_dataset needs the `datasets` package: pip install 'datasets>=2.19' (randsae's [hub] extra)") from e
+    paths = [Path(f).resolve() for f in ([files] if isinstance(files, (str, Path)) else files)]
+    missing = [str(p) for p in paths if not p.is_file()]
+    if not paths or missing: raise FileNotFoundError(f"no JSON Lines files to cache: {missing or 'none given'}")
+    if dataset.count("/") != 1: raise ValueError(f"dataset must be a hub id 'owner/name', got {dataset!r}")
+    h = hashlib.sha256("".join(file_sha256(p) for p in paths).encode()).hexdigest()[:16]   # stands in for the repository's commit
+    root = Path(cache_dir or datasets.config.HF_DATASETS_CACHE); root.mkdir(parents=True, exist_ok=True)
+    owner, name = dataset.split("/"); name = camelcase_to_snakecase(name)
+    # datasets refuses local data files for a builder with a hub repo_id: prepare under a temporary root, then move the
+    # entry to the folder a hub download is prepared in, <owner>___<name>/<config>/<version>/<hash>
+    with tempfile.TemporaryDirectory(dir=root, prefix=".cache_hub_dataset.") as tmp:
+        builder = Json(cache_dir=tmp, dataset_name=name, config_name="default", config_id="default", hash=h,
+                       data_files={"train": [str(p) for p in paths]})
+        final = root/f"{owner}___{name}"/builder.config_id/str(builder.config.version)/h
+        if (final/"dataset_info.json").is_file(): return final   # the same files, prepared before
+        builder.download_and_prepare()
+        final.parent.mkdir(parents=True, exist_ok=True); replace_dir(builder.cache_dir, final)
+    return final

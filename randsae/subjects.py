@@ -6,7 +6,7 @@ Docs: https://randsae.github.io/randsae/subjects.html.md"""
 
 # %% auto #0
 __all__ = ['log', 'SubjectSource', 'SUBJECTS', 'SUBJECT_FORMAT', 'SubjectSpec', 'get_subject', 'TinySubjectConfig', 'tiny_neox',
-           'heldout_loss', 'unigram_loss', 'train_tiny_subject', 'load_checkpoint']
+           'heldout_loss', 'unigram_loss', 'train_tiny_subject', 'load_checkpoint', 'save_hub_snapshot']
 
 # %% ../nbs/12_subjects.ipynb #461e03d9
 import json, logging, math, time
@@ -174,12 +174,43 @@ def _save_model(model, path: Path) -> None:
     replace_dir(tmp, path)
 
 # %% ../nbs/12_subjects.ipynb #62dbe052
-def load_checkpoint(path_or_hub_id: str | Path, revision: str | None = None, device=None, dtype: torch.dtype = torch.float32):
+def load_checkpoint(path_or_hub_id: str | Path, revision: str | None = None, device=None, dtype: torch.dtype = torch.float32, *,
+                    cache_dir: str | Path | None = None,   # hub cache to read (default: $HF_HUB_CACHE, i.e. $HF_HOME/hub)
+                    local_files_only: bool = False):       # never contact the hub, as with HF_HUB_OFFLINE=1
     "A causal LM from a local `save_pretrained` folder or a hub id at `revision`, in eval mode without gradients."
     from transformers import AutoModelForCausalLM
     try:
-        model = AutoModelForCausalLM.from_pretrained(str(path_or_hub_id), revision=revision, dtype=dtype)
+        model = AutoModelForCausalLM.from_pretrained(str(path_or_hub_id), revision=revision, dtype=dtype, local_files_only=local_files_only,
+                                                     cache_dir=None if cache_dir is None else str(cache_dir))
     except OSError as e:
         raise OSError(f"could not load {path_or_hub_id!r} (revision {revision!r}): {e}. Hub models need network access "
-                      f"(unset HF_HUB_OFFLINE) or a local copy; offline, use the `tiny` preset.") from None
+                      f"(unset HF_HUB_OFFLINE) or a copy in the hub cache (`hf download {path_or_hub_id} --revision {revision or 'main'}` "
+                      f"where there is network, then copy $HF_HOME); offline, use the `tiny` preset.") from None
     return model.to(get_device(device)).eval().requires_grad_(False)
+
+# %% ../nbs/12_subjects.ipynb #ac2dd331
+def save_hub_snapshot(folder: str | Path, repo_id: str, revision: str = "main", cache_dir: str | Path | None = None) -> Path:
+    "Copy the files of `folder` into the hub cache as model `repo_id` at `revision` (blobs, snapshots/<sha>, refs/<revision>); return the snapshot folder."
+    import hashlib, os, shutil
+    from huggingface_hub import constants
+    from huggingface_hub.file_download import repo_folder_name
+    folder = Path(folder); files = sorted(p for p in folder.rglob("*") if p.is_file())
+    if not files: raise FileNotFoundError(f"no files to cache in {folder}: save a model there first (save_pretrained)")
+    if not revision or revision.startswith("/") or ".." in revision.split("/"): raise ValueError(f"revision must be a branch or tag name, got {revision!r}")
+    repo = Path(cache_dir or constants.HF_HUB_CACHE)/repo_folder_name(repo_id=repo_id, repo_type="model")
+    def sha256(p):
+        with open(p, "rb") as f: return hashlib.file_digest(f, "sha256").hexdigest()
+    digests = {p.relative_to(folder).as_posix(): sha256(p) for p in files}
+    sha = hashlib.sha1(json.dumps([repo_id, revision, digests], sort_keys=True).encode()).hexdigest()   # stands in for the commit
+    snap = repo/"snapshots"/sha
+    for name, digest in digests.items():
+        blob = repo/"blobs"/digest
+        if not blob.exists():
+            blob.parent.mkdir(parents=True, exist_ok=True)
+            with atomic_path(blob) as tmp: shutil.copyfile(folder/name, tmp)
+        link = snap/name; link.parent.mkdir(parents=True, exist_ok=True); link.unlink(missing_ok=True)
+        try: os.symlink(os.path.relpath(blob, link.parent), link)
+        except OSError: shutil.copyfile(blob, link)   # no symlinks (Windows without developer mode): a copy, as huggingface_hub does
+    ref = repo/"refs"/revision; ref.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(ref) as tmp: tmp.write_text(sha)   # no newline: huggingface_hub reads the file as the sha
+    return snap
