@@ -152,7 +152,6 @@ def test_pythia_preset_end_to_end_offline(hf_home, tmp_path, monkeypatch):
     r = run_cli(*TINY_PYTHIA, outputs=outputs, timeout=600)
     seconds = time.perf_counter() - t0
     assert r.returncode == 0, r.stderr[-4000:]
-    print(r.stderr[-3000:])
     assert not (net_log/"blocked.log").exists(), (net_log/"blocked.log").read_text()
     loaded = (net_log/"loaded.log").read_text().splitlines()
     assert sum("HistoryManager" in l for l in loaded) == 2 and any("randsae reproduce" in l for l in loaded), loaded   # the CLI and both kernels
@@ -183,4 +182,14 @@ def test_pythia_preset_end_to_end_offline(hf_home, tmp_path, monkeypatch):
     assert set(null.variant) == set(VARIANTS) and set(null.layer) <= set(range(N_LAYERS)) and null.auroc.dropna().between(0, 1).all()
     assert not list((interp/"tables").glob("latent_auroc_*Llama*"))
     for t in ("latent_usage", "autointerp_by_variant", "entropy_by_layer"): assert (interp/"tables"/f"{t}.parquet").exists(), t
+    # the RedPajama token cache names its data: the dataset and the first document of the shuffled stream it read
+    (man,) = (outputs/"cache"/"corpus"/"hub").glob("*/tokens.json")
+    key = json.loads(man.read_text())["key"]
+    assert key["dataset"] == "EleutherAI/rpj-v2-sample" and len(key["first_document_sha256"]) == 64
+
+    # a rerun, still offline, finds both stages done and skips them
+    executed = interp/"autointerp.ipynb"; mtime = executed.stat().st_mtime_ns
+    r2 = run_cli(*TINY_PYTHIA, outputs=outputs, timeout=300)
+    assert r2.returncode == 0 and r2.stderr.count("skip") >= 2 and executed.stat().st_mtime_ns == mtime, r2.stderr[-2000:]
+    assert not (net_log/"blocked.log").exists(), (net_log/"blocked.log").read_text()
     print(f"pythia-70m stand-in, sae + interp stages offline: {seconds:.0f} s")
