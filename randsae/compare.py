@@ -21,21 +21,31 @@ from .stats import compare_intervals, fmt_interval
 from .plots import interval_chart
 
 # %% ../nbs/20_compare.ipynb #90b6af4b
-TABLES = ("sae_metrics_by_variant", "sae_metrics_by_layer", "autointerp_by_variant", "entropy_by_layer")
+TABLES = ("sae_metrics_by_variant", "sae_metrics_by_layer", "autointerp_by_variant", "autointerp_by_layer", "entropy_by_layer")
 RANDOM_VARIANTS = ("rerandomized_incl_emb", "rerandomized_excl_emb", "step0")
 
-def find_runs(root: str | Path) -> dict[str, Path]:
-    "Output folders under `root` holding the sae stage's summary, by model name (the subject, plus the folder when a subject appears twice)."
-    found = sorted(p.parent for p in Path(root).glob("*/sae_pipeline_summary.json"))
+def _interp_folders(root: Path) -> dict[Path, Path]:
+    "sae stage folder -> the folder of the interp run that read it (its `run.json` names it; the newest when several did)."
+    out = {}
+    for p in sorted(root.glob("*/tables/autointerp_by_variant.parquet"), key=lambda p: p.stat().st_mtime):
+        folder = p.parent.parent
+        try: sae = json.loads((folder/"run.json").read_text())["notebooks"]["autointerp.ipynb"]["sae_dir"]
+        except (OSError, KeyError, TypeError, json.JSONDecodeError): sae = folder
+        out[Path(sae).resolve()] = folder
+    return out
+
+def find_runs(root: str | Path) -> dict[str, tuple[Path, Path | None]]:
+    "Runs under `root` by model name (the subject, plus the folder when a subject appears twice): (sae stage folder, interp folder or None)."
+    root = Path(root); found = sorted(p.parent for p in root.glob("*/sae_pipeline_summary.json"))
     subj = {p: json.loads((p/"sae_pipeline_summary.json").read_text()).get("subject", p.name) for p in found}
-    counts = pd.Series(list(subj.values())).value_counts()
-    return {(s if counts[s] == 1 else f"{s} ({p.name})"): p for p, s in subj.items()}
+    counts = pd.Series(list(subj.values()), dtype=object).value_counts(); interp = _interp_folders(root)
+    return {(s if counts[s] == 1 else f"{s} ({p.name})"): (p, interp.get(p.resolve())) for p, s in subj.items()}
 
 def load_tables(folder: str | Path, interp_folder: str | Path | None = None) -> dict[str, pd.DataFrame]:
     "The Fig 3 tables of one run (those missing are absent from the result); the interp tables from `interp_folder` when given."
     out = {}
     for t in TABLES:
-        base = Path(interp_folder) if interp_folder is not None and t in ("autointerp_by_variant", "entropy_by_layer") else Path(folder)
+        base = Path(interp_folder) if interp_folder is not None and t.startswith(("autointerp", "entropy")) else Path(folder)
         p = base/"tables"/f"{t}.parquet"
         if p.exists(): out[t] = pd.read_parquet(p)
     return out
@@ -45,7 +55,8 @@ def stack_runs(runs: Mapping[str, Mapping[str, pd.DataFrame]]) -> dict[str, pd.D
     out = {}
     for t in TABLES:
         parts = [tabs[t].assign(model=m) for m, tabs in runs.items() if t in tabs]
-        if parts: out[t] = pd.concat(parts, ignore_index=True)[["model", *parts[0].columns]]
+        if parts:
+            d = pd.concat(parts, ignore_index=True); out[t] = d[["model", *[c for c in d.columns if c != "model"]]]
     return out
 
 # %% ../nbs/20_compare.ipynb #57edb712
@@ -124,22 +135,24 @@ def check_claims(tables: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["claim", "statement", "verdict", "evidence"])
 
 # %% ../nbs/20_compare.ipynb #51a5258c
-FIG3_ROWS: dict[str, tuple[str, str]] = {   # metric column -> (table, title)
-    "explained_variance": ("sae_metrics_by_layer", "Explained variance"),
-    "cosine_similarity": ("sae_metrics_by_layer", "Cosine similarity"),
-    "l1_norm": ("sae_metrics_by_layer", "L1 norm"),
-    "ce_loss_score": ("sae_metrics_by_layer", "CE loss score (trained)"),
-    "entropy": ("entropy_by_layer", "Token entropy (nats)"),
+FIG3_ROWS: dict[str, tuple[str, str, dict]] = {   # metric column -> (table, title, rows kept)
+    "explained_variance": ("sae_metrics_by_layer", "Explained variance", {}),
+    "cosine_similarity": ("sae_metrics_by_layer", "Cosine similarity", {}),
+    "l1_norm": ("sae_metrics_by_layer", "L1 norm", {}),
+    "auroc_pooled": ("autointerp_by_layer", "Pooled fuzzing AUROC (token-identity null explainer)", {"explainer": "token_null"}),
+    "ce_loss_score": ("sae_metrics_by_layer", "CE loss score (trained)", {}),
+    "entropy": ("entropy_by_layer", "Token entropy (nats)", {}),
 }
 
 def fig3_by_model(stacked: Mapping[str, pd.DataFrame], title: str = "Fig 3 by model") -> alt.TopLevelMixin:
     "Fig 3's rows (`FIG3_ROWS`) with one column per model, from `stack_runs` tables; rows whose table is missing are left out."
     rows = []
-    for col, (t, name) in FIG3_ROWS.items():
+    for col, (t, name, keep) in FIG3_ROWS.items():
         if t not in stacked or col not in stacked[t].columns: continue
         d = stacked[t].dropna(subset=[col])
+        for k, v in keep.items(): d = d[d[k] == v] if k in d.columns else d
         if d.empty: continue
-        rows.append(interval_chart(d, "layer", col, "variant", column="model", title=name, y_title=name, x_title="Layer",
-                                   width=160, height=130).resolve_scale(x="independent"))
+        rows.append(interval_chart(d, "layer", col, "variant", column="model", title=name, y_title=name.split(" (")[0], x_title="Layer",
+                                   width=160, height=130).resolve_scale(x="independent", xOffset="independent"))
     if not rows: raise ValueError("none of Fig 3's tables is present: run the sae and interp stages first")
     return alt.vconcat(*rows).properties(title=title)
