@@ -18,9 +18,8 @@ from typing import Any, Iterator, Mapping, Sequence
 import numpy as np
 import torch
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
-from .config import atomic_path, cache_damaged, file_sha256, get_device, params_hash, write_json
+from .config import Progress, atomic_path, cache_damaged, file_sha256, get_device, params_hash, write_json
 from .config import check_positive_int
 
 log = logging.getLogger(__name__)
@@ -93,7 +92,8 @@ def extract_activations(model: nn.Module, tokens: Tensor, layers: Sequence[int],
     tokens, layers = _check_tokens(tokens), check_layers(model, layers); check_positive_int("batch_size_chunks", batch_size_chunks)
     dev = _prepare(model, device); n_chunks, ctx_len = tokens.shape
     out: dict[int, Tensor] = {}
-    for s in tqdm(range(0, n_chunks, batch_size_chunks), desc=f"activations of {len(layers)} layer(s)", disable=not progress, leave=False):
+    for s in Progress(range(0, n_chunks, batch_size_chunks), desc=f"activations of layer(s) {list(layers)}", unit="batches", show=progress,
+                      per_unit=(batch_size_chunks * ctx_len, "tokens")):
         got = _layer_outputs(model, tokens[s:s + batch_size_chunks].to(dev), layers)
         for i in layers:
             a = got[i].flatten(0, 1)
@@ -198,7 +198,8 @@ def write_activation_shards(model: nn.Module, tokens: Tensor, layers: Sequence[i
         _clear_cache_dir(root); write_json(pending, {"hash": key, "params": params})
     (root/MANIFEST).unlink(missing_ok=True)
     n_chunks, ctx_len = tokens.shape; starts = list(range(0, n_chunks, shard_chunks)); shards = []
-    for j, s in enumerate(tqdm(starts, desc=f"activation shards ({len(layers)} layers)", disable=not progress, leave=False)):
+    for j, s in enumerate(Progress(starts, desc=f"activation shards of layer(s) {list(layers)}", unit="shards", show=progress,
+                                   per_unit=(shard_chunks * ctx_len, "tokens"))):
         rows = (min(s + shard_chunks, n_chunks) - s) * ctx_len
         paths = {i: root/_shard_name(j, i) for i in layers}
         if not all(p.exists() for p in paths.values()):   # shards are written atomically: an existing one is complete

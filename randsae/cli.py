@@ -30,7 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--set", dest="sets", action="append", default=[], metavar="NAME=VALUE", help="override a notebook parameter (repeatable)")
     r.add_argument("--params", default=None, metavar="FILE.yaml", help="YAML mapping of parameter overrides")
     r.add_argument("--dry-run", action="store_true", help="check everything and print the plan, run nothing")
-    r.add_argument("--no-progress", action="store_true", help="hide papermill's progress bars")
+    r.add_argument("--no-progress", action="store_true", help="no progress bars: log the progress of long loops every 30 s instead (as when stderr is not a terminal)")
     sub.add_parser("presets", help="list presets and their stages")
     pa = sub.add_parser("params", help="list the parameters of the experiment notebooks")
     pa.add_argument("--stages", default=None, help="comma-separated stages (default: all)")

@@ -20,9 +20,8 @@ import numpy as np
 import pandas as pd
 import torch
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
-from .config import get_device
+from .config import Progress, get_device
 from .config import check_list, check_positive_int, check_range
 from .stats import interval_table
 
@@ -156,14 +155,16 @@ def train_sweep(data: Tensor, config: SweepConfig, seeds: Sequence[int] = (0,), 
     opt = torch.optim.Adam([w_enc, b_enc, w_dec], lr=config.lr, **({"fused": True} if dev.type in ("cpu", "cuda") else {}))
     gens = [torch.Generator(dev).manual_seed(s) for s in seeds]
     B = min(config.batch_size, N); steps, t0 = 0, time.perf_counter()
-    for _ in tqdm(range(config.n_epochs), desc=f"sweep {S}x{C} SAEs (m={m})", disable=not progress, leave=False):
-        perm = torch.stack([torch.randperm(N, generator=g, device=dev) for g in gens])
-        for i in range(0, N - B + 1, B):   # drop the ragged last batch so every step has the same size
-            xb = torch.gather(train, 1, perm[:, i:i + B, None].expand(S, B, d))[:, None]   # (S, 1, B, d)
-            normalize_decoder_(w_dec.data)
-            w_enc.grad, b_enc.grad, w_dec.grad = sae_gradients(xb, w_enc.data, b_enc.data, w_dec.data, coef,
-                                                               config.activation, config.k, config.mse_reduction)
-            opt.step(); steps += 1
+    with Progress(total=config.n_epochs * ((N - B) // B + 1), desc=f"SAE sweep: {S * C} SAEs ({S} seed(s) x {C} coefficient(s)), {m} latents, d={d}",
+                  unit="steps", show=progress, per_unit=(S * C * B, "samples")) as bar:
+        for _ in range(config.n_epochs):
+            perm = torch.stack([torch.randperm(N, generator=g, device=dev) for g in gens])
+            for i in range(0, N - B + 1, B):   # drop the ragged last batch so every step has the same size
+                xb = torch.gather(train, 1, perm[:, i:i + B, None].expand(S, B, d))[:, None]   # (S, 1, B, d)
+                normalize_decoder_(w_dec.data)
+                w_enc.grad, b_enc.grad, w_dec.grad = sae_gradients(xb, w_enc.data, b_enc.data, w_dec.data, coef,
+                                                                   config.activation, config.k, config.mse_reduction)
+                opt.step(); steps += 1; bar.update()
     normalize_decoder_(w_dec.data)
     return SweepResult(config, seeds, w_enc.detach(), b_enc.detach(), w_dec.detach(), steps, time.perf_counter() - t0)
 

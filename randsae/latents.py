@@ -20,7 +20,7 @@ import pandas as pd
 import torch
 from torch import Tensor, nn
 
-from .config import check_cache, files_record, write_json, write_table, release_free_memory
+from .config import Progress, check_cache, files_record, write_json, write_table, release_free_memory
 from .config import check_nonneg_int, check_positive_int, check_seed
 from .activations import _check_tokens, extract_activations
 
@@ -353,7 +353,8 @@ def cache_records(model: nn.Module, saes: Mapping[tuple[int, int], nn.Module], t
     cfg = config or RecordConfig(); tokens = _check_tokens(tokens); check_positive_int("batch_size_chunks", batch_size_chunks)
     n_chunks, ctx_len = tokens.shape; layers = sorted({l for _, l in saes})
     builders = {k: CacheRecordBuilder(sae, n_chunks, ctx_len, cfg) for k, sae in saes.items()}
-    for s in range(0, n_chunks, batch_size_chunks):
+    for s in Progress(range(0, n_chunks, batch_size_chunks), desc=f"latent records of {variant or 'the model'}: {len(saes)} SAE(s), layer(s) {layers}",
+                      unit="batches", show=False, per_unit=(batch_size_chunks * ctx_len, "tokens")):
         acts = extract_activations(model, tokens[s:s + batch_size_chunks], layers, device=device, progress=False)
         for (_, layer), b in builders.items(): b.update(acts[layer], s)
         release_free_memory()   # else glibc keeps the freed encoder temporaries: GBs over a large cache

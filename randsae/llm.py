@@ -24,9 +24,8 @@ from typing import Callable, Iterable, Iterator, Mapping, Protocol, Sequence, ru
 import numpy as np
 import pandas as pd
 import torch
-from tqdm.auto import tqdm
 
-from .config import cache_damaged, get_device, outputs_dir, replace_dir, write_json
+from .config import Progress, cache_damaged, get_device, outputs_dir, replace_dir, write_json
 from .config import check_nonneg_int, check_positive_int, check_range, check_seed, show
 from .corpus import CorpusSource, source_archive
 from .latents import LatentRecords
@@ -781,7 +780,8 @@ def llm_explanations(records: LatentRecords, client: LLMClient, vocab: Sequence[
     "One row per latent: latent, explanation (`None` when the reply failed or could not be parsed), reply, error."
     prompts = explainer_prompts(records, vocab, threshold, n_examples, latents)
     rows = []
-    for lat, msgs in tqdm(prompts.items(), desc=f"explain {records.variant} L{records.layer}", disable=not progress, leave=False):
+    for lat, msgs in Progress(prompts.items(), desc=f"LLM explanations of {records.variant} layer {records.layer} (seed {records.seed})",
+                              unit="latents", show=progress):
         c = client.generate(msgs, max_new_tokens=max_new_tokens)
         expl = parse_explanation(c.text) if c.ok else None
         rows.append({"latent": lat, "explanation": expl, "reply": c.text, "error": c.error if not c.ok else (None if expl else "unparseable reply")})
@@ -797,7 +797,8 @@ def llm_scores(records: LatentRecords, explanations: Mapping[int, str], client: 
         s = scoring_set(records, sc, threshold, seed).select(list(explanations), n_pos, n_neg)
         pr = scoring_prompts(s, explanations, vocab, batch_size=1)
         probs = np.full(len(s), np.nan)
-        for b in tqdm(range(0, len(pr), chunk_prompts), desc=f"{sc} {records.variant} L{records.layer}", disable=not progress, leave=False):
+        for b in Progress(range(0, len(pr), chunk_prompts), desc=f"LLM {sc} scores of {records.variant} layer {records.layer} (seed {records.seed})",
+                          unit="chunks", show=progress, per_unit=(chunk_prompts, "prompts")):
             part = pr.iloc[b:b + chunk_prompts]
             for rows, lp in zip(part.rows, client.score_batch(list(part.messages))):
                 p = prob_one(lp) if lp else None

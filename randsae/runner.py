@@ -8,8 +8,8 @@ Docs: https://randsae.github.io/randsae/runner.html.md"""
 __all__ = ['log', 'PRODUCT_SHA256_MAX_BYTES', 'LOCK_NAME', 'notebook_parameters', 'parse_value', 'parse_set', 'load_params_file',
            'check_overrides', 'check_toy_params', 'check_sae_params', 'check_interp_params', 'check_stage',
            'run_dir_name', 'products_record', 'products_problem', 'NotebookRun', 'plan_runs', 'FolderLocked',
-           'folder_lock', 'remove_stale_temporaries', 'lock_runs', 'NotebookFailed', 'DiskFull', 'folder_mb',
-           'disk_full', 'provenance', 'execute_run', 'reproduce']
+           'folder_lock', 'remove_stale_temporaries', 'lock_runs', 'progress_line', 'ProgressTail', 'NotebookFailed',
+           'DiskFull', 'folder_mb', 'disk_full', 'provenance', 'execute_run', 'reproduce']
 
 # %% ../nbs/05_runner.ipynb #b1b2700c
 import ast, errno, json, logging, os, platform, re, subprocess, sys, time
@@ -390,6 +390,102 @@ def lock_runs(runs: Sequence["NotebookRun"]):
         for f in writes: remove_stale_temporaries(f)
         yield
 
+# %% ../nbs/05_runner.ipynb #5df6a47d
+import tempfile, threading
+from .config import PROGRESS_ENV
+
+def _si(x: float) -> str:
+    "`x` to about 3 significant digits with a k/M/G suffix: 8.19k, 512, 0.25."
+    for div, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(x) >= div: x /= div; break
+    else: suffix = ""
+    return (f"{x:.0f}" if abs(x) >= 100 else f"{x:.3g}") + suffix
+
+def _duration(s: float) -> str:
+    s = int(round(s))
+    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s" if s >= 60 else f"{s}s"
+
+def progress_line(ev: Mapping[str, Any]) -> str:
+    "One line for a progress event of `config.Progress`: what, step n of N, the rate, and the time left (or taken)."
+    n, total, unit = ev.get("n", 0), ev.get("total"), ev.get("unit", "it")
+    s = f"{ev.get('what') or 'working'}: {n}/{total} {unit}" + (f" ({100 * n / total:.0f}%)" if total else "") if total is not None else f"{ev.get('what')}: {n} {unit}"
+    if ev.get("items_rate"): s += f", {_si(ev['items_rate'])} {ev.get('items')}/s"
+    elif ev.get("rate"): s += f", {_si(ev['rate'])} {unit}/s"
+    if ev.get("done"): s += f", done in {_duration(ev.get('elapsed') or 0)}"
+    elif ev.get("eta") is not None: s += f", {_duration(ev['eta'])} left"
+    return s
+
+class ProgressTail:
+    "Follow the progress channel `path` of the notebook `label` while it runs: one updating line on stderr if `bar`, else log lines."
+    def __init__(self, path: str | Path, label: str, bar: bool, every_s: float = 30.0, poll_s: float = 0.5):
+        self.path, self.label, self.bar, self.every_s, self.poll_s = Path(path), label, bar, every_s, poll_s
+        self.open: dict[str, dict] = {}; self.lines: list[str] = []   # lines: what it logged (for tests)
+        self._offset, self._partial, self._stop = 0, b"", threading.Event()
+        self._t0 = self._last_line = time.time(); self._tqdm = None; self._text = ""
+
+    def __enter__(self):
+        self._thread = threading.Thread(target=self._loop, name="randsae-progress", daemon=True); self._thread.start(); return self
+    def __exit__(self, *exc):
+        self._stop.set(); self._thread.join(); self.poll(final=True)
+        if self._tqdm is not None: self._tqdm.close()
+
+    def _loop(self):
+        while not self._stop.wait(self.poll_s):
+            try: self.poll()
+            except Exception as e: log.debug("progress display failed: %s", e)   # the display never stops a run
+
+    def _log(self, text: str):
+        self.lines.append(text); log.info("  %s", text)
+
+    def read(self) -> list[dict]:
+        "The events appended since the last read (whole lines only)."
+        try:
+            with open(self.path, "rb") as f: f.seek(self._offset); data = f.read()
+        except FileNotFoundError: return []
+        self._offset += len(data); data = self._partial + data
+        *whole, self._partial = data.split(b"\n")
+        evs = []
+        for line in whole:
+            try: evs.append(json.loads(line))
+            except ValueError: pass
+        return evs
+
+    def poll(self, final: bool = False) -> None:
+        "Read new events and show them."
+        for ev in self.read():
+            if not isinstance(ev, dict) or "id" not in ev: continue
+            if ev.get("done"):
+                self.open.pop(ev["id"], None)
+                if not self.bar and ev.get("depth", 0) == 0: self._log(progress_line(ev))
+            else: self.open[ev["id"]] = ev
+        if final: return
+        loops = sorted(self.open.values(), key=lambda e: (e.get("depth", 0), e.get("t", 0)))
+        if self.bar:
+            text = " | ".join(progress_line(e) for e in loops)
+            if text != self._text:
+                if self._tqdm is None:
+                    from tqdm.auto import tqdm
+                    self._tqdm = tqdm(total=0, bar_format="{desc}", leave=False, dynamic_ncols=True)
+                self._text = text; self._tqdm.set_description_str(text)
+        elif time.time() - self._last_line >= self.every_s:
+            self._last_line = time.time()
+            for e in loops: self._log(progress_line(e))
+            if not loops: self._log(f"{self.label}: running, {_duration(time.time() - self._t0)} so far")
+
+@contextmanager
+def _kernel_channel(label: str, bar: bool):
+    "A temporary folder holding the progress channel (exported to the kernel in `$RANDSAE_PROGRESS`) and the kernel's IPC sockets."
+    old = os.environ.get(PROGRESS_ENV)
+    with tempfile.TemporaryDirectory(prefix="randsae-") as d:
+        channel = Path(d)/"progress.jsonl"; channel.touch(); os.environ[PROGRESS_ENV] = str(channel)
+        ipc = Path(d)/"kernel"   # unix socket paths may hold ~100 bytes; a very long TMPDIR keeps local TCP
+        config = {"KernelManager": {"transport": "ipc", "ip": str(ipc)}} if len(str(ipc)) < 90 else {}
+        try:
+            with ProgressTail(channel, label, bar) as tail: yield config, tail
+        finally:
+            if old is None: os.environ.pop(PROGRESS_ENV, None)
+            else: os.environ[PROGRESS_ENV] = old
+
 # %% ../nbs/05_runner.ipynb #8b8bb73e
 class _Collect(logging.Handler):
     def __init__(self): super().__init__(logging.WARNING); self.records = []
@@ -427,12 +523,15 @@ def provenance() -> dict[str, Any]:
     return {"git_sha": sha, "python": sys.version.split()[0], "platform": platform.platform(), "packages": pkgs}
 
 def execute_run(run: NotebookRun, force: bool = False, progress: bool = True) -> bool:
-    "Execute one notebook run with papermill unless already done; return whether it executed."
+    "Execute one notebook run with papermill unless already done, showing its progress (bars if `progress` and stderr is a terminal, else lines); return whether it executed."
     import papermill as pm
     if run.is_done() and not force:
         log.info("skip %s (done with the same parameters)", run.executed); return False
     run.out_dir.mkdir(parents=True, exist_ok=True)
     handler = _Collect(); pm_log = logging.getLogger("papermill"); pm_log.addHandler(handler)
+    pm_level = pm_log.level; pm_log.setLevel(logging.WARNING)   # not its INFO lines (the temporary output path, the kernel name): we say what runs where
+    bar = progress and sys.stderr.isatty()   # else (a log, --no-progress) progress lines instead of bars
+    log.info("running %s (stage %s) into %s", run.notebook.name, run.stage, run.out_dir)
     t0 = time.perf_counter(); old_force = os.environ.get("RANDSAE_FORCE")
     if force: os.environ["RANDSAE_FORCE"] = "1"   # the kernel inherits it: cached sweeps are recomputed too
     failed = run.out_dir/f"{run.notebook.stem}.failed.ipynb"
@@ -441,8 +540,11 @@ def execute_run(run: NotebookRun, force: bool = False, progress: bool = True) ->
     try:
         with atomic_path(run.executed) as tmp:
             try:
-                pm.execute_notebook(str(run.notebook), str(tmp), parameters=run.params, kernel_name="python3",
-                                    cwd=str(run.notebook.parent), progress_bar=progress, report_mode=False, language="python")
+                with _kernel_channel(run.notebook.name, bar) as (kernel_config, _):
+                    from traitlets.config import Config
+                    pm.execute_notebook(str(run.notebook), str(tmp), parameters=run.params, kernel_name="python3",
+                                        cwd=str(run.notebook.parent), progress_bar=bar, report_mode=False, language="python",
+                                        **({"config": Config(kernel_config)} if kernel_config else {}))
             except pm.PapermillExecutionError as e:
                 if _no_space(e): raise disk_full(run.out_dir, f"running {run.notebook.name}", folder_mb(run.out_dir) - mb0) from None
                 if tmp.exists(): os.replace(tmp, failed)   # keep the partly executed notebook for the reader
@@ -455,7 +557,7 @@ def execute_run(run: NotebookRun, force: bool = False, progress: bool = True) ->
         if not _no_space(e): raise
         raise disk_full(run.out_dir, f"saving {run.notebook.name}", folder_mb(run.out_dir) - mb0) from None
     finally:
-        pm_log.removeHandler(handler)
+        pm_log.removeHandler(handler); pm_log.setLevel(pm_level)
         if old_force is None: os.environ.pop("RANDSAE_FORCE", None)
         else: os.environ["RANDSAE_FORCE"] = old_force
     return True

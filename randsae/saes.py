@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .config import cache_damaged, check_cache, check_seed, files_problem, files_record, get_device, params_hash, replace_dir, write_json
-from .config import check_positive_int, check_range
+from .config import Progress, check_positive_int, check_range
 from .activations import residual_layers, check_layers, extract_activations, tensor_hash, model_fingerprint, _check_tokens
 from .variants import GaussianEmbedding
 
@@ -247,11 +247,14 @@ def _copy_dir_atomic(src: Path, dst: Path) -> None:
 
 # %% ../nbs/14_saes.ipynb #a6aea4e3
 @contextlib.contextmanager
-def _sparsify_context(progress: bool, device: torch.device):
-    "Route sparsify's prints to the log, optionally silence its progress bar, and undo its global side effects."
+def _sparsify_context(progress: bool, device: torch.device, desc: str = "Training", per_unit: tuple[float, str] | None = None):
+    "Route sparsify's prints to the log, its progress bar to a `Progress` called `desc` (in the notebook if `progress`), and undo its global side effects."
     import sparsify.trainer as st
     precision, bar = torch.get_float32_matmul_precision(), st.tqdm
-    if not progress: st.tqdm = lambda *a, **k: bar(*a, **{**k, "disable": True})   # sparsify passes disable= itself
+    def reporter(*a, disable: bool = False, total=None, initial: int = 0, **k):   # sparsify calls tqdm(desc=, disable=, initial=, total=)
+        if disable: return bar(*a, disable=True, total=total, initial=initial, **k)   # ranks other than 0
+        return Progress(total=total, initial=initial, desc=desc, unit="steps", show=progress, per_unit=per_unit)
+    st.tqdm = reporter
     devs = [device.index or 0] if device.type == "cuda" else []
     try:
         with contextlib.redirect_stdout(_LogWriter(log)), torch.random.fork_rng(devices=devs): yield
@@ -287,7 +290,7 @@ def train_saes(model: nn.Module, tokens: Tensor, layers: Sequence[int], out_dir:
     ds = TokenDataset(train) if world == 1 else TokenDataset(train).shard(world, dist.get_rank())
     t0 = time.perf_counter()
     try:
-        with _sparsify_context(progress, dev):
+        with _sparsify_context(progress, dev, f"SAEs of {variant}, layer(s) {todo}, seed {cfg.seed}", (cfg.batch_size * ctx_len, "tokens")):
             body = getattr(model, "base_model", model)
             trainer = _RandsaeTrainer(tcfg, ds, body, run_key=run_key, baseline=cfg.baseline, min_cos=cfg.soft_frozen_min_cos)
             ck = trainer.find_checkpoint() if world == 1 else None
@@ -373,13 +376,15 @@ def evaluate_saes(model: nn.Module, sae_paths: Mapping[int, str | Path], tokens:
                   batch_size_chunks: int = 8, batch_size_tokens: int = 4096, device=None, progress: bool = True) -> pd.DataFrame:
     "One row per layer: our metrics of the SAE at `sae_paths[layer]` on held-out `tokens`, and the CE loss score if `ce`."
     layers = check_layers(model, list(sae_paths)); dev = get_device(device)
-    acts = extract_activations(model, tokens, layers, batch_size_chunks, dev, progress=progress)
-    rows, clean = [], None
-    for i in layers:
-        sae = load_sae(sae_paths[i], dev)
-        row = {"variant": variant, "layer": i, "hookpoint": Path(sae_paths[i]).name, **sae_metrics(sae, acts[i], batch_size_tokens)}
-        if ce: row |= ce_loss_score(model, sae, i, tokens, batch_size_chunks, dev, ce_clean=clean); clean = row["ce_clean"]
-        rows.append(row); del acts[i]
+    with Progress(total=1 + len(layers), desc=f"evaluating the SAEs of {variant or 'the model'}, layer(s) {layers}" + (", with CE loss scores" if ce else ""),
+                  unit="steps", show=False) as bar:   # step 1: the activations; then one step per layer
+        acts = extract_activations(model, tokens, layers, batch_size_chunks, dev, progress=progress); bar.update()
+        rows, clean = [], None
+        for i in layers:
+            sae = load_sae(sae_paths[i], dev)
+            row = {"variant": variant, "layer": i, "hookpoint": Path(sae_paths[i]).name, **sae_metrics(sae, acts[i], batch_size_tokens)}
+            if ce: row |= ce_loss_score(model, sae, i, tokens, batch_size_chunks, dev, ce_clean=clean); clean = row["ce_clean"]
+            rows.append(row); del acts[i]; bar.update()
     return pd.DataFrame(rows)
 
 # %% ../nbs/14_saes.ipynb #82756b2c

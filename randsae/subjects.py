@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 
 from .config import atomic_path, cache_damaged, check_cache, files_record, get_device, params_hash, replace_dir, write_json, write_table
 from .activations import tensor_hash
-from .config import check_positive_int, check_range, check_seed
+from .config import Progress, check_positive_int, check_range, check_seed
 
 log = logging.getLogger(__name__)
 
@@ -141,7 +141,8 @@ def train_tiny_subject(train_chunks: Tensor, heldout_chunks: Tensor, vocab_size:
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.95))
     g = torch.Generator().manual_seed(cfg.seed)
     n_batches = len(train_chunks) // cfg.batch_size; n_steps = n_batches * cfg.n_epochs; step = 0; t0 = time.perf_counter()
-    bar = tqdm(total=n_steps, desc="training tiny subject", disable=not progress)
+    bar = Progress(total=n_steps, desc=f"training the tiny subject ({cfg.n_layers} layers, d={cfg.hidden_size})", unit="steps", show=progress,
+                   per_unit=(cfg.batch_size * cfg.ctx_len, "tokens"), leave=True)
     for _ in range(cfg.n_epochs):
         perm = torch.randperm(len(train_chunks), generator=g)
         for b in range(n_batches):

@@ -1,5 +1,5 @@
 "End to end: `randsae reproduce` runs the toy stage through papermill, skips finished work, resumes after a crash."
-import json
+import json, re
 
 import numpy as np
 import pandas as pd
@@ -13,6 +13,13 @@ def test_toy_stage_end_to_end_and_rerun(tmp_path, params_file):
     p = params_file()
     r = run_cli("reproduce", "--preset", "tiny", "--stages", "toy", "--params", p, "--no-progress", outputs=tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
+    # The terminal shows where the run is: each notebook, and the kernel's inner loops (each toy sweep's seeds x coefficients,
+    # steps, rate); not ipykernel's TCP warning (the kernel talks over IPC sockets).
+    assert "running toy_superposition.ipynb (stage toy)" in r.stderr and "running toy_glove.ipynb (stage toy)" in r.stderr, r.stderr[-3000:]
+    sweeps = re.findall(r"SAE sweep: 4 SAEs \(2 seed\(s\) x 2 coefficient\(s\)\), \d+ latents, d=\d+: (\d+)/(\d+) steps \(100%\), [\d.]+[kMG]? samples/s, done in \d+s",
+                        r.stderr)
+    assert len(sweeps) >= 5 and all(n == total for n, total in sweeps), r.stderr[-3000:]
+    assert "without encryption" not in r.stderr + r.stdout and "Traceback" not in r.stderr, r.stderr[-3000:]
     (out,) = [d for d in tmp_path.iterdir() if d.name.startswith("toy--")]   # overrides get their own folder
     figs = sorted(f.name for f in (out/"figures").iterdir())
     for prefix in FIGURE_PREFIXES:
