@@ -459,9 +459,11 @@ class ProgressTail:
                 if not self.bar and ev.get("depth", 0) == 0: self._log(progress_line(ev))
             else: self.open[ev["id"]] = ev
         if final: return
-        loops = sorted(self.open.values(), key=lambda e: (e.get("depth", 0), e.get("t", 0)))
+        now = time.time(); loops = sorted(self.open.values(), key=lambda e: (e.get("depth", 0), e.get("t", 0)))
+        def line(e):   # a loop stuck in one long step says since when
+            age = now - e.get("t", now); return progress_line(e) + (f" (last step {_duration(age)} ago)" if age >= 10 else "")
         if self.bar:
-            text = " | ".join(progress_line(e) for e in loops)
+            text = " | ".join(line(e) for e in loops)
             if text != self._text:
                 if self._tqdm is None:
                     from tqdm.auto import tqdm
@@ -469,7 +471,7 @@ class ProgressTail:
                 self._text = text; self._tqdm.set_description_str(text)
         elif time.time() - self._last_line >= self.every_s:
             self._last_line = time.time()
-            for e in loops: self._log(progress_line(e))
+            for e in loops: self._log(line(e))
             if not loops: self._log(f"{self.label}: running, {_duration(time.time() - self._t0)} so far")
 
 @contextmanager
