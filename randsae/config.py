@@ -312,6 +312,7 @@ class Stage:
     requires: tuple[str, ...] = ()  # stages whose results these notebooks read (each gets the parameter `<stage>_dir`)
     validator: str = ""  # `module:function` constructing the stage's configs from its resolved parameters before anything runs (randsae.runner.check_stage)
     products: tuple[str, ...] = ()  # glob patterns, under the stage's folder, of what later stages read: recorded when it finishes, checked before it counts as done
+    inputs: tuple[str, ...] = ()  # glob patterns, under the outputs root, of other runs' files it reads: their checksums are part of its fingerprint
 
 STAGES: dict[str, Stage] = {s.name: s for s in [
     Stage("toy", ("toy_superposition.ipynb", "toy_glove.ipynb"),
@@ -325,6 +326,11 @@ STAGES: dict[str, Stage] = {s.name: s for s in [
           "Auto-interpretability of the sae stage's SAEs: token-identity null model and an LLM, fuzzing and detection AUROC, "
           "token entropy (paper Sections 3.1, 3.3): Fig 1-style ROC curves, Fig 3 rows 4 and 6.", requires=("sae",),
           validator="randsae.runner:check_interp_params"),
+    Stage("models", ("models.ipynb",),
+          "Fig 3 with one column per model from every run of the sae and interp stages under outputs/, and the paper's Section 3 "
+          "claims tested on each model.",
+          inputs=("*/sae_pipeline_summary.json", "*/tables/sae_metrics_by_*.parquet", "*/tables/autointerp_by_variant.parquet",
+                  "*/tables/entropy_by_layer.parquet")),
 ]}
 
 @dataclass(frozen=True)
@@ -382,7 +388,8 @@ def pythia_sae(size: str) -> dict[str, Any]:
 
 PRESETS: dict[str, Preset] = {p.name: p for p in [
     Preset("tiny", "Embedded offline default: toy models at reduced size, and the transformer pipeline on a tiny GPTNeoX trained here.",
-           {"toy": StageRun("toy", TOY_DEFAULT), "sae": StageRun("tiny", TINY_SAE), "interp": StageRun("tiny", TINY_INTERP)}),
+           {"toy": StageRun("toy", TOY_DEFAULT), "sae": StageRun("tiny", TINY_SAE), "interp": StageRun("tiny", TINY_INTERP),
+            "models": StageRun("models")}),
     Preset("toy-paper", "Toy models with the paper's exact settings (hours on a CPU; minutes on a GPU).",
            {"toy": StageRun("toy-paper", TOY_PAPER)}),
     *[Preset(f"pythia-{size}", f"EleutherAI Pythia-{size} (deduped) from the hub with the paper's SAE settings: GPU and network needed.",

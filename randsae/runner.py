@@ -267,10 +267,13 @@ class NotebookRun:
     @property
     def executed(self) -> Path: return self.out_dir/self.notebook.name
     def fingerprint(self) -> str:
-        "Hash of the parameters and of the notebook's own text (an edited notebook reruns)."
+        "Hash of the parameters, of the notebook's own text (an edited notebook reruns) and of the other runs' files the stage reads."
         import hashlib
         params = {k: v for k, v in self.params.items() if k != "out_dir"}   # a moved outputs/ tree stays valid
-        return params_hash({**params, "_notebook_sha256": hashlib.sha256(self.notebook.read_bytes()).hexdigest()})
+        root = self.out_dir.parent; inputs = sorted({p for pat in STAGES[self.stage].inputs for p in root.glob(pat)
+                                                     if p.is_file() and self.out_dir not in p.parents})
+        return params_hash({**params, "_notebook_sha256": hashlib.sha256(self.notebook.read_bytes()).hexdigest(),
+                            **({"_inputs": {str(p.relative_to(root)): file_sha256(p) for p in inputs}} if inputs else {})})
     @property
     def products(self) -> tuple[str, ...]:
         "The stage's products, recorded in the marker of its last notebook."

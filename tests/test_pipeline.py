@@ -159,3 +159,22 @@ def test_variant_contract():
     assert not torch.allclose(h[0, 0], h[0, 2])    # the same token gets different vectors
     h0 = model(input_ids=ids, output_hidden_states=True).hidden_states[0]
     assert torch.equal(h0[0, 0], h0[0, 2])
+
+
+def test_models_stage_compares_every_run_and_reruns_when_one_changes(pipeline_run):
+    "The models stage finds the sae run and the interp run that read it, tests each claim, and reruns only when an input table changes."
+    root, _ = pipeline_run
+    args = ["reproduce", "--preset", "tiny", "--stages", "models", "--no-progress"]
+    r = run_cli(*args, outputs=root, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    claims = pd.read_parquet(root/"models"/"tables"/"claims_by_model.parquet")
+    assert claims.model.nunique() == 1 and set(claims.claim) == {"auroc", "reconstruction", "abstraction", "norms", "control_chance"}
+    assert set(claims.verdict) <= {"holds", "partly", "does not hold", "no data"}
+    assert (claims[claims.claim != "abstraction"].verdict != "no data").all(), claims   # every table was found
+    assert {f"fig03_by_model.{e}" for e in ("png", "svg", "html")} <= {f.name for f in (root/"models"/"figures").iterdir()}
+    executed = root/"models"/"models.ipynb"; mtime = executed.stat().st_mtime_ns
+    assert run_cli(*args, outputs=root, timeout=300).returncode == 0 and executed.stat().st_mtime_ns == mtime, "unchanged inputs: skipped"
+    (table,) = [p for p in root.glob("*/tables/sae_metrics_by_variant.parquet")]
+    original = table.read_bytes(); df = pd.read_parquet(table); df.loc[0, "explained_variance"] += 1e-3; df.to_parquet(table, index=False)
+    try: assert run_cli(*args, outputs=root, timeout=300).returncode == 0 and executed.stat().st_mtime_ns != mtime, "a changed input: rerun"
+    finally: table.write_bytes(original)   # the fixture's run is shared with the other tests
