@@ -373,7 +373,9 @@ def folder_lock(folder: str | Path, shared: bool = False):
             os.ftruncate(fd, 0)
             os.write(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                                      "command": " ".join(sys.argv)}).encode())
-        yield path
+        try: yield path
+        finally:
+            if not shared: os.ftruncate(fd, 0)   # a clean exit leaves no holder behind: a holder found later was killed
     finally: os.close(fd)   # closing drops the lock
 
 def remove_stale_temporaries(folder: str | Path) -> list[Path]:
