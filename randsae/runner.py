@@ -322,6 +322,7 @@ def plan_runs(preset: Preset, stages: Sequence[str] | None = None, overrides: Ma
             mine = declared[nb]
             params = {k: v for k, v in {**sr.params, **overrides}.items() if k in mine}
             params["out_dir"] = str(out)
+            if "outputs_root" in mine: params["outputs_root"] = str(root)   # a notebook that reads every run (the models stage) gets their root
             lacking = [k for k in required if k not in mine]
             if lacking: raise ValueError(f"{nb} needs stage(s) {[k[:-4] for k in lacking]} but has no parameter(s) {lacking} to receive their folders")
             runs.append(NotebookRun(s, nb_dir/nb, out, {**params, **required}))
