@@ -187,7 +187,9 @@ def check_sae_params(params: Mapping[str, Mapping[str, Any]]) -> None:
                         intermediate_size="subject_intermediate_size", batch_size="subject_batch_size", lr="subject_lr"):
             TinySubjectConfig(hidden_size=p["subject_hidden_size"], n_layers=p["subject_n_layers"], n_heads=p["subject_n_heads"],
                               intermediate_size=p["subject_intermediate_size"], ctx_len=ctx_len, batch_size=p["subject_batch_size"], lr=p["subject_lr"], seed=seed)
-    else: check_positive_int("hub_n_tokens", p["hub_n_tokens"])
+    elif check_positive_int("hub_n_tokens", p["hub_n_tokens"]) < p["sae_n_tokens"]:   # the hub tokens are the SAEs' training tokens
+        raise ValueError(f"sae_n_tokens={p['sae_n_tokens']} is more than the hub_n_tokens={p['hub_n_tokens']} streamed for SAE training; "
+                         f"raise hub_n_tokens to at least {p['sae_n_tokens']}")
     mult = check_positive_int("embedding_latent_multiplier", p["embedding_latent_multiplier"])
     with _as_params(n_latents="embedding_latent_multiplier x subject_hidden_size", l1_coefficients="embedding_l1_coefficients", n_epochs="embedding_n_epochs"):
         SweepConfig(mult * (p["subject_hidden_size"] if tiny else 1), p["embedding_l1_coefficients"], n_epochs=p["embedding_n_epochs"])

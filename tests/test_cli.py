@@ -13,6 +13,8 @@ from conftest import run_cli
     (["reproduce", "--set", "l1_coefficients=0.1"], "parameter 'l1_coefficients' expects list"),
     (["reproduce", "--set", "oops"], "--set expects name=value"),
     (["reproduce", "--params", "/nonexistent/p.yaml"], "does not exist"),
+    (["reproduce", "--preset", "pythia-70m", "--stages", "sae", "--set", "sae_n_tokens=200000000"],
+     "sae_n_tokens=200000000 is more than the hub_n_tokens=100000000"),
 ])
 def test_bad_input_fails_early(tmp_path, args, message):
     r = run_cli(*args, outputs=tmp_path)
