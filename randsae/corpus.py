@@ -30,11 +30,10 @@ import torch
 import transformers
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from torch import Tensor
-from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerFast
 
 from .config import atomic_path, cache_damaged, check_cache, check_seed, file_sha256, files_record, outputs_dir, params_hash, replace_dir, write_json
-from .config import check_positive_int
+from .config import check_positive_int, Progress
 
 # %% ../nbs/11_corpus.ipynb #b507abdd
 log = logging.getLogger("randsae.corpus")   # named, so the notebook logs where the module does
@@ -411,7 +410,7 @@ def encode_texts(tokenizer: PreTrainedTokenizerFast, texts: Sequence[str], batch
     check_positive_int("batch_size", batch_size)
     backend = getattr(tokenizer, "backend_tokenizer", None)
     out = []
-    for i in tqdm(range(0, len(texts), batch_size), desc=desc, unit="batch", leave=False, disable=len(texts) <= batch_size):
+    for i in Progress(range(0, len(texts), batch_size), desc=desc, unit="batch", show=len(texts) > batch_size, per_unit=(batch_size, "texts")):
         batch = list(texts[i:i + batch_size])
         if backend is not None: out += [e.ids for e in backend.encode_batch(batch, add_special_tokens=False)]
         else: out += tokenizer(batch, add_special_tokens=False)["input_ids"]
@@ -552,7 +551,7 @@ def hub_token_chunks(tokenizer, ctx_len: int = 2048, n_tokens: int = PAPER_N_TOK
     def compute():
         buf = np.zeros(n_tokens, dtype=token_dtype(len(tokenizer))); filled, n_docs = 0, 0
         it_all = itertools.chain([first], it)
-        with tqdm(total=n_tokens, desc="tokenising", unit="tok", unit_scale=True, leave=False) as bar:
+        with Progress(total=n_tokens, desc=f"tokenising {REDPAJAMA_SAMPLE if texts is None else 'texts'}", unit="tokens", unit_scale=True) as bar:
             while filled < n_tokens:
                 batch = [t for _, t in zip(range(batch_size), it_all)]
                 if not batch: break
