@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from .config import atomic_path, cache_damaged, check_cache, files_record, get_device, params_hash, replace_dir, write_json, write_table
+from .config import atomic_path, cache_damaged, check_cache, file_sha256, files_record, get_device, params_hash, replace_dir, write_json, write_table
 from .activations import tensor_hash
 from .config import Progress, check_positive_int, check_range, check_seed
 
@@ -199,9 +199,7 @@ def save_hub_snapshot(folder: str | Path, repo_id: str, revision: str = "main", 
     if not files: raise FileNotFoundError(f"no files to cache in {folder}: save a model there first (save_pretrained)")
     if not revision or revision.startswith("/") or ".." in revision.split("/"): raise ValueError(f"revision must be a branch or tag name, got {revision!r}")
     repo = Path(cache_dir or constants.HF_HUB_CACHE)/repo_folder_name(repo_id=repo_id, repo_type="model")
-    def sha256(p):
-        with open(p, "rb") as f: return hashlib.file_digest(f, "sha256").hexdigest()
-    digests = {p.relative_to(folder).as_posix(): sha256(p) for p in files}
+    digests = {p.relative_to(folder).as_posix(): file_sha256(p) for p in files}
     sha = hashlib.sha1(json.dumps([repo_id, revision, digests], sort_keys=True).encode()).hexdigest()   # stands in for the commit
     snap = repo/"snapshots"/sha
     for name, digest in digests.items():
