@@ -329,8 +329,8 @@ STAGES: dict[str, Stage] = {s.name: s for s in [
     Stage("models", ("models.ipynb",),
           "Fig 3 with one column per model from every run of the sae and interp stages under outputs/, and the paper's Section 3 "
           "claims tested on each model.",
-          inputs=("*/sae_pipeline_summary.json", "*/tables/sae_metrics_by_*.parquet", "*/tables/autointerp_by_variant.parquet",
-                  "*/tables/entropy_by_layer.parquet")),
+          inputs=("*/sae_pipeline_summary.json", "*/tables/sae_metrics_by_*.parquet", "*/tables/autointerp_by_*.parquet",
+                  "*/tables/entropy_by_layer.parquet")),   # the tables randsae.compare.TABLES reads
 ]}
 
 @dataclass(frozen=True)

@@ -507,9 +507,9 @@ class NotebookFailed(RuntimeError):
 class DiskFull(RuntimeError):
     "The disk of an output folder filled up. Every write is atomic, so finished work is intact and a rerun resumes."
 
-def folder_mb(folder: str | Path) -> float:
-    "Megabytes of the files under `folder`."
-    return sum(p.stat().st_size for p in Path(folder).rglob("*") if p.is_file()) / 2**20
+def folder_mb(folder: str | Path, since: float = 0.0) -> float:
+    "Megabytes of the files under `folder` last written at or after the time `since` (seconds since the epoch; 0: all)."
+    return sum(st.st_size for p in Path(folder).rglob("*") if p.is_file() and (st := p.stat()).st_mtime >= since) / 2**20
 
 def disk_full(folder: Path, what: str, written_mb: float) -> DiskFull:
     "The `DiskFull` error for `folder`: how much is free, how much this run wrote there, and what to do."
@@ -546,7 +546,7 @@ def execute_run(run: NotebookRun, force: bool = False, progress: bool = True) ->
     if force: os.environ["RANDSAE_FORCE"] = "1"   # the kernel inherits it: cached sweeps are recomputed too
     failed = run.out_dir/f"{run.notebook.stem}.failed.ipynb"
     fingerprint = run.fingerprint()   # of the notebook text as it is now, before it runs (it may be edited meanwhile)
-    mb0 = folder_mb(run.out_dir)
+    started = time.time()   # what this run wrote, should the disk fill up, is what changed since (no walk of the folder up front)
     try:
         with atomic_path(run.executed) as tmp:
             try:
@@ -556,7 +556,7 @@ def execute_run(run: NotebookRun, force: bool = False, progress: bool = True) ->
                                         cwd=str(run.notebook.parent), progress_bar=bar, report_mode=False, language="python",
                                         **({"config": Config(kernel_config)} if kernel_config else {}))
             except pm.PapermillExecutionError as e:
-                if _no_space(e): raise disk_full(run.out_dir, f"running {run.notebook.name}", folder_mb(run.out_dir) - mb0) from None
+                if _no_space(e): raise disk_full(run.out_dir, f"running {run.notebook.name}", folder_mb(run.out_dir, started)) from None
                 if tmp.exists(): os.replace(tmp, failed)   # keep the partly executed notebook for the reader
                 raise NotebookFailed(f"{run.notebook.name} failed: {e.ename}: {e.evalue} (the executed part is in {failed})") from e
             if handler.records: raise RuntimeError(f"papermill warned while running {run.notebook.name}: {handler.records}")
@@ -565,7 +565,7 @@ def execute_run(run: NotebookRun, force: bool = False, progress: bool = True) ->
                                 "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "products": products_record(run.out_dir, run.products)})
     except OSError as e:   # papermill saving the notebook, or the marker: the torn temporary is gone (atomic_path)
         if not _no_space(e): raise
-        raise disk_full(run.out_dir, f"saving {run.notebook.name}", folder_mb(run.out_dir) - mb0) from None
+        raise disk_full(run.out_dir, f"saving {run.notebook.name}", folder_mb(run.out_dir, started)) from None
     finally:
         pm_log.removeHandler(handler); pm_log.setLevel(pm_level)
         if old_force is None: os.environ.pop("RANDSAE_FORCE", None)
@@ -577,12 +577,13 @@ def reproduce(preset: str, stages: Sequence[str] | None = None, overrides: Mappi
     "Plan then execute every notebook of the preset's (selected) stages; write `run.json` in each output folder."
     p = get_preset(preset)
     runs = plan_runs(p, stages, overrides, root)   # every check happens before the first notebook runs
+    started = time.time()
     try:
         with lock_runs(runs): _execute_locked(p, runs, overrides, force, progress)
     except OSError as e:   # a full disk outside a notebook: taking the lock or writing run.json
         if not _no_space(e): raise
         where = Path(e.filename).parent if getattr(e, "filename", None) else runs[0].out_dir
-        raise disk_full(where, "writing its bookkeeping", 0.0) from None
+        raise disk_full(where, "writing its bookkeeping", folder_mb(where, started)) from None
     return runs
 
 def _execute_locked(p: Preset, runs: list[NotebookRun], overrides, force: bool, progress: bool) -> None:
