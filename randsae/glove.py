@@ -9,7 +9,7 @@ __all__ = ['GLOVE_DIMS', 'GLOVE_URL', 'GLOVE_PACKAGE', 'GLOVE_6B_WORDS', 'GLOVE_
            'glove_package_dir', 'read_glove_text', 'glove_cache_dir', 'load_glove', 'nearest_words']
 
 # %% ../nbs/03_glove.ipynb #9da003e3
-import csv, importlib.util, json
+import csv, importlib.util
 from dataclasses import dataclass
 from pathlib import Path
 

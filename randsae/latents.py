@@ -9,7 +9,7 @@ __all__ = ['log', 'TRAIN_TYPES', 'SPLITS', 'RECORDS_FORMAT', 'TrainType', 'Recor
            'LatentRecords', 'build_records', 'latent_records', 'CacheRecordBuilder', 'cache_records', 'usage_table']
 
 # %% ../nbs/16_latents.ipynb #03c30781
-import json, logging
+import logging
 from dataclasses import dataclass, asdict, field
 from enum import Enum
 from pathlib import Path

@@ -14,7 +14,7 @@ __all__ = ['log', 'Messages', 'FAILURE_KINDS', 'RETRIED_KINDS', 'CACHE_FORMAT', 
            'check_llm_client', 'make_client', 'probe_client', 'llm_explanations', 'llm_scores']
 
 # %% ../nbs/18_llm.ipynb #a63fc804
-import copy, email.utils, hashlib, http.client, json, logging, math, os, random, tempfile, threading, time, urllib.error, urllib.request, zipfile
+import copy, email.utils, hashlib, http.client, json, logging, math, os, random, threading, time, urllib.error, urllib.request
 from contextlib import contextmanager
 from dataclasses import dataclass, field, asdict
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .config import Progress, cache_damaged, get_device, outputs_dir, replace_dir, write_json
+from .config import Progress, cache_damaged, get_device, outputs_dir, write_json
 from .config import check_nonneg_int, check_positive_int, check_range, check_seed, show
 from .latents import LatentRecords
 from .autointerp import SCORERS, explainer_prompts, parse_explanation, prob_one, scoring_set, scoring_prompts

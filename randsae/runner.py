@@ -107,7 +107,7 @@ def check_overrides(overrides: Mapping[str, Any], declared: Mapping[str, Mapping
 # %% ../nbs/05_runner.ipynb #e0294853
 import importlib
 from contextlib import contextmanager
-from .config import MAX_LIST, MAX_SEED, check_choice, check_int, check_list, check_nonneg_int, check_positive_int, check_range, check_seed
+from .config import MAX_LIST, check_choice, check_int, check_list, check_nonneg_int, check_positive_int, check_range, check_seed
 
 @contextmanager
 def _as_params(**fields: str):
