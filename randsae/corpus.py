@@ -438,11 +438,23 @@ def _tokenizer_corpus(tokenizer: PreTrainedTokenizerFast, manifest: dict) -> Cor
     return corpus
 
 def split_tokens(tokenizer: PreTrainedTokenizerFast, split: Split, force: bool = False) -> tuple[np.ndarray, dict]:
-    "The split's documents tokenised and packed into one EOS-separated stream (memory-mapped), and its manifest; cached beside the tokenizer."
-    check_split(split); m = tokenizer_manifest(tokenizer); folder = Path(tokenizer.name_or_path)
-    key = {"recipe": TOKENS_RECIPE, "tokenizer": m["hash"], "tokenizer_sha256": m["files"][TOKENIZER_FILE]["sha256"], "split": split}
+    """The split's documents tokenised and packed into one EOS-separated stream (memory-mapped), and its manifest.
+    A `train_tokenizer` tokenizer uses its own corpus and split, cached beside it; any other fast tokenizer (a pretrained model's)
+    tokenises the default corpus with the default split (`heldout_fraction=0.05`, seed 0), cached under the corpus by its fingerprint."""
+    check_split(split)
+    if (Path(getattr(tokenizer, "name_or_path", "") or "")/MANIFEST).is_file():
+        m = tokenizer_manifest(tokenizer); folder = Path(tokenizer.name_or_path)
+        key = {"recipe": TOKENS_RECIPE, "tokenizer": m["hash"], "tokenizer_sha256": m["files"][TOKENIZER_FILE]["sha256"], "split": split}
+        corpus_of = lambda: _tokenizer_corpus(tokenizer, m)
+    else:
+        if getattr(tokenizer, "backend_tokenizer", None) is None: raise ValueError(f"{type(tokenizer).__name__} is not a fast tokenizer: load it with use_fast=True")
+        if tokenizer.eos_token_id is None: raise ValueError(f"tokenizer {tokenizer.name_or_path!r} has no EOS token to separate documents with")
+        corpus = build_corpus(); fp = tokenizer_fingerprint(tokenizer)
+        m = {"heldout_fraction": 0.05, "split_seed": 0}; folder = corpus.path/"tokens"/fp[:16]
+        key = {"recipe": TOKENS_RECIPE, "tokenizer": fp, "corpus": corpus.hash, "split": split, **m}
+        corpus_of = lambda: corpus
     def compute():
-        docs = split_frame(_tokenizer_corpus(tokenizer, m), split, m["heldout_fraction"], m["split_seed"])
+        docs = split_frame(corpus_of(), split, m["heldout_fraction"], m["split_seed"])
         if docs.empty: raise ValueError(f"the {split} split is empty (heldout_fraction={m['heldout_fraction']}): train a tokenizer with heldout_fraction > 0")
         ids = encode_texts(tokenizer, docs.text.tolist(), desc=f"tokenising {split}")
         stream = pack_documents(ids, tokenizer.eos_token_id, token_dtype(len(tokenizer)))
