@@ -9,7 +9,8 @@ __all__ = ['best_times', 'best_time', 'bench_sharkey', 'train_one_conventional',
            'bench_autointerp']
 
 # %% ../nbs/07_bench.ipynb #5e1b57d6
-import time
+import json, time
+from pathlib import Path
 from typing import Callable
 
 import torch
@@ -107,20 +108,75 @@ def bench_toy() -> dict[str, float]:
             "sweep_vs_one_at_a_time_glove50": glove["sweep_vs_one_at_a_time"], "sweep_matmul_fraction_glove50": glove["sweep_matmul_fraction"]}
 
 # %% ../nbs/07_bench.ipynb #83999e65
-def bench_sae(n_chunks: int = 64) -> dict[str, float]:
-    "Activation extraction and SAE training efficiency, measured in one run."
-    from randsae.activations import activation_overhead
-    from randsae.saes import sae_matmul_fraction
-    from randsae.subjects import TinySubjectConfig, tiny_neox
-    cfg = TinySubjectConfig()
-    model = tiny_neox(cfg, vocab_size=4096).eval()
-    tokens = torch.randint(0, 4096, (n_chunks, cfg.ctx_len), generator=torch.Generator().manual_seed(0))
-    act = activation_overhead(model, tokens)
-    tiny = sae_matmul_fraction(d_in=cfg.hidden_size, expansion_factor=16, k=32)
-    paper = sae_matmul_fraction(d_in=256, expansion_factor=64, k=32)
-    return {"torch_threads": torch.get_num_threads(), "activation_overhead": act["activation_overhead"],
-            "activation_overhead_vs_body": act["activation_overhead_vs_body"], "extract_tokens_per_s": act["extract_tokens_per_s"],
-            "sae_matmul_fraction": tiny["sae_matmul_fraction"], "sae_matmul_fraction_d256_r64": paper["sae_matmul_fraction"]}
+def _bench_subject(subject: str | None):
+    "`(model, layers, ctx_len, name)` for the benchmark: the registered subject or local model `subject`, or the tiny GPTNeoX (random weights)."
+    from randsae.subjects import SUBJECTS, TinySubjectConfig, get_subject, tiny_neox
+    spec = get_subject(subject) if subject is not None else SUBJECTS["tiny"]
+    if spec.source == "train_tiny":
+        cfg = TinySubjectConfig(); return tiny_neox(cfg, vocab_size=4096).eval(), list(range(cfg.n_layers)), cfg.ctx_len, "tiny"
+    if spec.source == "pretrained":
+        from randsae.pretrained import load_pretrained
+        model, _ = load_pretrained(spec.pretrained)
+    elif spec.source == "local":
+        from transformers import AutoModelForCausalLM
+        p = Path(spec.path); model = AutoModelForCausalLM.from_pretrained(p.parent if p.is_file() else p, dtype=torch.float32,
+                                                                            **({"gguf_file": p.name} if p.is_file() else {}))
+    else:
+        from randsae.subjects import load_checkpoint
+        model = load_checkpoint(spec.hub_id)
+    return model.eval().requires_grad_(False), spec.layers, spec.ctx_len, spec.name
+
+def _stop_after(model: torch.nn.Module, layer: int):
+    "A forward of `model`'s body that stops after block `layer` (a bare forward of that depth: no hooks kept, nothing copied)."
+    from randsae.activations import residual_layers
+    body = getattr(model, "base_model", model); _, blocks = residual_layers(model)
+    class Stop(Exception): pass
+    def raise_stop(*_): raise Stop
+    def f(input_ids):
+        h = blocks[layer].register_forward_hook(raise_stop) if layer < len(blocks) - 1 else None
+        try: body(input_ids=input_ids, use_cache=False)
+        except Stop: pass
+        finally:
+            if h is not None: h.remove()
+    return f
+
+def bench_sae(subject: str | None = None, n_chunks: int | None = None, expansion_factor: int | None = None, sae_steps: int = 8,
+              sae_batch_size: int | None = None, repeats: int = 3, batch_size_chunks: int = 8) -> dict[str, float]:
+    "Activation extraction against a bare forward of the same depth, and SAE training tokens/s, on `subject` (default: the tiny GPTNeoX), measured in one run."
+    import tempfile
+    from randsae.activations import extract_activations
+    from randsae.saes import DONE, SaeTrainConfig, sae_matmul_fraction, train_saes
+    t0 = time.perf_counter(); model, layers, ctx_len, name = _bench_subject(subject); load_s = time.perf_counter() - t0
+    tiny = name == "tiny"
+    n_chunks = n_chunks or (64 if tiny else 8); R = expansion_factor or (16 if tiny else 8); sb = sae_batch_size or (4 if tiny else 1)
+    vocab = model.get_input_embeddings().weight.shape[0]
+    x = torch.randint(0, vocab, (n_chunks, ctx_len), generator=torch.Generator().manual_seed(0))
+    bare_fn = _stop_after(model, max(layers))
+    def over(f):
+        @torch.inference_mode()
+        def g():
+            for s in range(0, n_chunks, batch_size_chunks): f(x[s:s + batch_size_chunks])
+        return g
+    runs = [over(bare_fn), over(lambda b: model(input_ids=b, use_cache=False)),
+            lambda: extract_activations(model, x, layers, batch_size_chunks, "cpu", progress=False)]
+    for f in runs: f()   # warm-up
+    t_bare, t_full, t_extract = best_times(runs, repeats)
+    n = x.numel()
+    out = {"subject": name, "torch_threads": torch.get_num_threads(), "layers": len(layers), "ctx_len": ctx_len, "n_tokens": n,
+           "activation_overhead": t_bare / t_extract, "activation_overhead_vs_full_forward": t_full / t_extract,
+           "extract_tokens_per_s": n / t_extract, "bare_tokens_per_s": n / t_bare}
+    sae_chunks = torch.randint(0, vocab, (sae_steps * sb, ctx_len), generator=torch.Generator().manual_seed(1))
+    cfg = SaeTrainConfig(expansion_factor=R, k=32, n_tokens=sae_chunks.numel(), batch_size=sb, optimizer="adam", save_every=10**6)
+    with tempfile.TemporaryDirectory(prefix="randsae-bench-") as d:
+        paths = train_saes(model, sae_chunks, layers, d, "trained", cfg, device="cpu", model_key="bench", progress=False)
+        done = json.loads((paths[layers[0]]/DONE).read_text())
+    out.update({"sae_expansion_factor": R, "sae_train_tokens_per_s": done["n_tokens_trained"] / done["seconds"],
+                "sae_train_step_s": done["seconds"] / done["n_steps"]})
+    out["sae_train_vs_extract"] = out["sae_train_tokens_per_s"] / out["extract_tokens_per_s"]
+    if tiny:
+        out["sae_matmul_fraction"] = sae_matmul_fraction(d_in=128, expansion_factor=16, k=32)["sae_matmul_fraction"]
+        out["sae_matmul_fraction_d256_r64"] = sae_matmul_fraction(d_in=256, expansion_factor=64, k=32)["sae_matmul_fraction"]
+    return {**out, "load_s": load_s}
 
 # %% ../nbs/07_bench.ipynb #87b2399e
 def bench_autointerp(n_latents: int = 4, n_examples: int = 12, n_generate: int = 12, batch_size: int = 8) -> dict[str, float]:

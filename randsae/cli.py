@@ -24,7 +24,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="randsae", description="Reproduce 'Sparse Autoencoders Can Interpret Randomly Initialized Transformers'.")
     sub = p.add_subparsers(dest="command", required=True)
     r = sub.add_parser("reproduce", help="execute the experiment notebooks of a preset into outputs/")
-    r.add_argument("--preset", default="tiny", help=f"one of {sorted(PRESETS)} (default: tiny)")
+    r.add_argument("--preset", default=None, help=f"one of {sorted(PRESETS)} (default: tiny; with --subject, the parameters to use)")
+    r.add_argument("--subject", default=None, metavar="PATH", help="a local Hugging Face causal LM (a folder with config.json, weights and "
+                   "tokenizer, or a .gguf file): run the sae and interp stages on it")
     r.add_argument("--stages", default=None, help="comma-separated stages to run (default: all of the preset's)")
     r.add_argument("--force", action="store_true", help="rerun stages even if their outputs are complete")
     r.add_argument("--set", dest="sets", action="append", default=[], metavar="NAME=VALUE", help="override a notebook parameter (repeatable)")
@@ -36,6 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     pa.add_argument("--stages", default=None, help="comma-separated stages (default: all)")
     b = sub.add_parser("bench", help="run a benchmark and print `name: value` lines")
     b.add_argument("what", choices=["toy", "sae", "autointerp"], help="which benchmark")
+    b.add_argument("--subject", default=None, metavar="NAME|PATH", help="sae: a registered subject or a local model (default: a tiny GPTNeoX)")
     return p
 
 # %% ../nbs/06_cli.ipynb #c068c466
@@ -43,14 +46,17 @@ def _stages(text: str | None) -> list[str] | None:
     return [s.strip() for s in text.split(",") if s.strip()] if text else None
 
 def _reproduce(args) -> int:
-    from randsae.runner import load_params_file, parse_set, plan_runs, reproduce
+    from randsae.runner import load_params_file, parse_set, plan_runs, reproduce, subject_preset
     overrides = {**(load_params_file(args.params) if args.params else {}), **parse_set(args.sets)}
-    preset = get_preset(args.preset)
+    if args.subject is not None:
+        if "subject" in overrides: raise ValueError("give the subject once: --subject PATH, or --set subject=NAME with --preset")
+        preset = subject_preset(args.subject, args.preset)
+    else: preset = get_preset(args.preset or "tiny")
     runs = plan_runs(preset, _stages(args.stages), overrides)
     if args.dry_run:
         for r in runs: print(f"{r.stage}: {r.notebook.name} -> {r.out_dir} ({'done' if r.is_done() else 'to run'})")
         return 0
-    reproduce(args.preset, _stages(args.stages), overrides, force=args.force, progress=not args.no_progress)
+    reproduce(preset, _stages(args.stages), overrides, force=args.force, progress=not args.no_progress)
     for out in dict.fromkeys(r.out_dir for r in runs): print(f"results in {out}")
     return 0
 
@@ -77,7 +83,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         if args.command == "bench":
             from randsae import bench
-            for k, v in getattr(bench, f"bench_{args.what}")().items(): print(f"{k}: {v:.4g}" if isinstance(v, float) else f"{k}: {v}")
+            if args.subject is not None and args.what != "sae": raise ValueError(f"--subject is an option of `randsae bench sae`, not of bench {args.what}")
+            kw = {"subject": args.subject} if args.subject is not None else {}
+            for k, v in getattr(bench, f"bench_{args.what}")(**kw).items(): print(f"{k}: {v:.4g}" if isinstance(v, float) else f"{k}: {v}")
             return 0
     except (ValueError, FileNotFoundError) as e:
         print(f"randsae: error: {e}", file=sys.stderr); return 2
