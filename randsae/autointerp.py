@@ -400,6 +400,9 @@ def latent_metrics(scores: pd.DataFrame) -> pd.DataFrame:
 def record_entropies(records: LatentRecords, vocab_size: int | None = None) -> pd.DataFrame:
     "Token-distribution entropy (nats) and normalised entropy of each latent over its train (explanation) examples."
     m = records.mask("train"); W = records.window_len
+    if not m.any():   # every sampled latent too rare (or none alive): no latent to describe, not an error
+        return pd.DataFrame({"variant": pd.Series(dtype=object), "seed": pd.Series(dtype=np.int64), "layer": pd.Series(dtype=np.int64),
+                             "latent": pd.Series(dtype=np.int64), "entropy": pd.Series(dtype=float), "normalized_entropy": pd.Series(dtype=float)})
     ge = grouped_token_entropy(np.repeat(records.examples.latent.to_numpy()[m], W), records.tokens[m].ravel(),
                                records.activations[m].ravel(), vocab_size)
     return pd.DataFrame({"variant": records.variant, "seed": records.seed, "layer": records.layer, "latent": ge.group.astype(np.int64),
