@@ -9,7 +9,7 @@ __all__ = ['best_times', 'best_time', 'bench_sharkey', 'train_one_conventional',
            'bench_autointerp']
 
 # %% ../nbs/07_bench.ipynb #5e1b57d6
-import json, time
+import json, logging, time
 from pathlib import Path
 from typing import Callable
 
@@ -144,9 +144,9 @@ def bench_sae(subject: str | None = None, n_chunks: int | None = None, expansion
               sae_batch_size: int | None = None, repeats: int = 3, batch_size_chunks: int = 8) -> dict[str, float]:
     "Activation extraction against a bare forward of the same depth, and SAE training tokens/s, on `subject` (default: the tiny GPTNeoX), measured in one run."
     import tempfile
+    t0 = time.perf_counter(); model, layers, ctx_len, name = _bench_subject(subject); load_s = time.perf_counter() - t0   # a bad subject fails first
     from randsae.activations import extract_activations
     from randsae.saes import DONE, SaeTrainConfig, sae_matmul_fraction, train_saes
-    t0 = time.perf_counter(); model, layers, ctx_len, name = _bench_subject(subject); load_s = time.perf_counter() - t0
     tiny = name == "tiny"
     n_chunks = n_chunks or (64 if tiny else 8); R = expansion_factor or (16 if tiny else 8); sb = sae_batch_size or (4 if tiny else 1)
     vocab = model.get_input_embeddings().weight.shape[0]
@@ -167,9 +167,12 @@ def bench_sae(subject: str | None = None, n_chunks: int | None = None, expansion
            "extract_tokens_per_s": n / t_extract, "bare_tokens_per_s": n / t_bare}
     sae_chunks = torch.randint(0, vocab, (sae_steps * sb, ctx_len), generator=torch.Generator().manual_seed(1))
     cfg = SaeTrainConfig(expansion_factor=R, k=32, n_tokens=sae_chunks.numel(), batch_size=sb, optimizer="adam", save_every=10**6)
-    with tempfile.TemporaryDirectory(prefix="randsae-bench-") as d:
-        paths = train_saes(model, sae_chunks, layers, d, "trained", cfg, device="cpu", model_key="bench", progress=False)
-        done = json.loads((paths[layers[0]]/DONE).read_text())
+    saes_log = logging.getLogger("randsae.saes"); level = saes_log.level; saes_log.setLevel(logging.WARNING)   # not sparsify's INFO lines
+    try:
+        with tempfile.TemporaryDirectory(prefix="randsae-bench-") as d:
+            paths = train_saes(model, sae_chunks, layers, d, "trained", cfg, device="cpu", model_key="bench", progress=False)
+            done = json.loads((paths[layers[0]]/DONE).read_text())
+    finally: saes_log.setLevel(level)
     out.update({"sae_expansion_factor": R, "sae_train_tokens_per_s": done["n_tokens_trained"] / done["seconds"],
                 "sae_train_step_s": done["seconds"] / done["n_steps"]})
     out["sae_train_vs_extract"] = out["sae_train_tokens_per_s"] / out["extract_tokens_per_s"]
