@@ -388,14 +388,14 @@ def pythia_sae(size: str) -> dict[str, Any]:
                 latent_cache_max_tokens=10_000_000, dead_check_max_tokens=1_048_576, hub_n_tokens=100_000_000)
 
 # Real pretrained LMs on 2 CPU cores (~540 tokens/s through SmolLM2-135M): the paper's k=32, expansion factor 8 (the paper's 64 by
-# --set sae_expansion_factor=64), ~100k SAE training tokens in 384 steps of one 256-token sequence, one seed, the authors' sampling on
-# a 65k-token latent cache. Sized so each preset runs cold in well under the 2-hour budget here; a GPU user raises the token budgets.
+# --set sae_expansion_factor=64), 65,536 SAE training tokens in 256 steps of one 256-token sequence, one seed, the authors' sampling on
+# a 49,152-token latent cache. Sized so each preset runs cold in well under the 2-hour budget here; a GPU user raises the token budgets.
 def real_lm_sae(subject: str) -> dict[str, Any]:
     "Parameters of the `sae` stage for a real pretrained LM on a CPU (`smollm2-135m`, `gemma3-270m`)."
-    return dict(subject=subject, ctx_len=256, sae_expansion_factor=8, sae_k=32, sae_n_tokens=98_304, sae_batch_size=1, sae_optimizer="adam",
-                compare_optimizers=[], seeds=[0], heldout_max_tokens=8_192, latent_cache_max_tokens=65_536, dead_check_max_tokens=8_192,
+    return dict(subject=subject, ctx_len=256, sae_expansion_factor=8, sae_k=32, sae_n_tokens=65_536, sae_batch_size=1, sae_optimizer="adam",
+                compare_optimizers=[], seeds=[0], heldout_max_tokens=8_192, latent_cache_max_tokens=49_152, dead_check_max_tokens=8_192,
                 embedding_l1_coefficients=[1e-3, 1e-2, 0.1, 1.0], embedding_latent_multiplier=2, embedding_n_epochs=3, embedding_max_rows=16_384)
-REAL_LM_INTERP = dict(TINY_INTERP, cache_n_tokens=65_536)
+REAL_LM_INTERP = dict(TINY_INTERP, cache_n_tokens=49_152)
 
 PRESETS: dict[str, Preset] = {p.name: p for p in [
     Preset("tiny", "Embedded offline default: toy models at reduced size, and the transformer pipeline on a tiny GPTNeoX trained here.",
