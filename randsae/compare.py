@@ -75,10 +75,14 @@ def _row(t: pd.DataFrame, **where) -> pd.Series | None:
 
 def _iv(r: pd.Series, c: str) -> tuple[float, float, float]: return float(r[c]), float(r[f"{c}_lo"]), float(r[f"{c}_hi"])
 
-def _same(a: pd.Series, b: pd.Series, c: str) -> bool:
-    return compare_intervals(a[f"{c}_lo"], a[f"{c}_hi"], b[f"{c}_lo"], b[f"{c}_hi"]) == "indistinguishable"
+def _same(a: pd.Series, b: pd.Series, c: str) -> bool | None:
+    "Whether the intervals overlap; None when either has no interval (one seed)."
+    r = compare_intervals(a[f"{c}_lo"], a[f"{c}_hi"], b[f"{c}_lo"], b[f"{c}_hi"])
+    return None if r == "unknown" else r == "indistinguishable"
 
-def _verdict(oks: Sequence[bool]) -> str: return "holds" if all(oks) else ("partly" if any(oks) else "does not hold")
+def _verdict(oks: Sequence[bool | None]) -> str:
+    if any(o is None for o in oks): return "no interval"   # one seed: nothing to call either way
+    return "holds" if all(oks) else ("partly" if any(oks) else "does not hold")
 
 def check_claims(tables: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
     "One row per claim of `CLAIMS` for one run's tables: claim, statement, verdict, evidence (a computed sentence with intervals)."
