@@ -39,6 +39,9 @@ def build_parser() -> argparse.ArgumentParser:
     b = sub.add_parser("bench", help="run a benchmark and print `name: value` lines")
     b.add_argument("what", choices=["toy", "sae", "autointerp"], help="which benchmark")
     b.add_argument("--subject", default=None, metavar="NAME|PATH", help="sae: a registered subject or a local model (default: a tiny GPTNeoX)")
+    e = sub.add_parser("export-saes", help="write every trained SAE of a preset (or run folder) in SAELens's format (randsae.export)")
+    e.add_argument("--preset", default=None, help="the preset whose sae stage trained the SAEs"); e.add_argument("--run", default=None, metavar="FOLDER", help="or a run folder")
+    e.add_argument("--format", default="saelens", choices=["saelens"], help="on-disk format (default: saelens)"); e.add_argument("dir", help="output folder")
     return p
 
 # %% ../nbs/06_cli.ipynb #c068c466
@@ -87,6 +90,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             kw = {"subject": args.subject} if args.subject is not None else {}
             for k, v in getattr(bench, f"bench_{args.what}")(**kw).items(): print(f"{k}: {v:.4g}" if isinstance(v, float) else f"{k}: {v}")
             return 0
+        if args.command == "export-saes":
+            from randsae.export import export_cli
+            return export_cli(args)
     except (ValueError, FileNotFoundError) as e:
         print(f"randsae: error: {e}", file=sys.stderr); return 2
     except RuntimeError as e:   # a notebook failed (NotebookFailed) or papermill warned
