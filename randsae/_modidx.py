@@ -553,6 +553,7 @@ d = { 'settings': { 'branch': 'main',
                                   'randsae.variants.gaussian_embedding_control': ( 'variants.html#gaussian_embedding_control',
                                                                                    'randsae/variants.py'),
                                   'randsae.variants.make_variant': ('variants.html#make_variant', 'randsae/variants.py'),
+                                  'randsae.variants.norm_matched': ('variants.html#norm_matched', 'randsae/variants.py'),
                                   'randsae.variants.rerandomize': ('variants.html#rerandomize', 'randsae/variants.py'),
                                   'randsae.variants.same_weights': ('variants.html#same_weights', 'randsae/variants.py'),
                                   'randsae.variants.tensor_moments': ('variants.html#tensor_moments', 'randsae/variants.py')}}}

@@ -26,6 +26,7 @@ DATASET_COLORS: dict[str, str] = {
 VARIANT_COLORS: dict[str, str] = {
     "trained": "#1f77b4", "rerandomized_excl_emb": "#ff7f0e", "control": "#2ca02c",
     "step0": "#d62728", "rerandomized_incl_emb": "#9467bd",
+    "step0_norm_matched": "#ff9896",   # the ablation: step-0's red, lighter
 }
 
 def color_scale(palette: dict[str, str], present: Sequence[str] | None = None) -> alt.Scale:

@@ -226,13 +226,13 @@ def check_sae_params(params: Mapping[str, Mapping[str, Any]]) -> list[str]:
     from randsae.dictionary import SweepConfig
     from randsae.saes import OPTIMIZERS, SaeTrainConfig
     from randsae.subjects import TinySubjectConfig, get_subject
-    from randsae.variants import VARIANTS
+    from randsae.variants import ALL_VARIANTS
     p = params["sae_pipeline.ipynb"]; notes = []
     if not (isinstance(p["subject"], str) and p["subject"]):
         raise ValueError(f"subject must be a registered subject's name or the path of a local model, got {show(p['subject'])}")
     spec = get_subject(p["subject"]); tiny = spec.source == "train_tiny"   # an unknown name lists the known ones; a bad path says what is wrong
-    check_list("variants", p["variants"], lambda n, v: check_choice(n, v, VARIANTS), min_len=1)
-    check_list("ce_variants", p["ce_variants"], lambda n, v: check_choice(n, v, VARIANTS))
+    check_list("variants", p["variants"], lambda n, v: check_choice(n, v, ALL_VARIANTS), min_len=1)
+    check_list("ce_variants", p["ce_variants"], lambda n, v: check_choice(n, v, ALL_VARIANTS))
     seeds = check_list("seeds", p["seeds"], lambda n, s: check_seed(s, n), min_len=1)
     if len(set(seeds)) != len(seeds): raise ValueError(f"seeds must be distinct, got {show(seeds)}")
     seed = check_seed(p["seed"]); check_seed(seed + 2, "seed + 2")   # the token samples use seed, seed + 1 and seed + 2
@@ -289,9 +289,9 @@ def check_interp_params(params: Mapping[str, Mapping[str, Any]]) -> None:
     "Construct the interp stage's configs from `params` (notebook name -> its resolved parameters), as `autointerp` does."
     from randsae.latents import TRAIN_TYPES, RecordConfig
     from randsae.llm import LLM_CLIENTS
-    from randsae.variants import VARIANTS
+    from randsae.variants import ALL_VARIANTS
     p = params["autointerp.ipynb"]
-    check_list("variants", p["variants"], lambda n, v: check_choice(n, v, VARIANTS))
+    check_list("variants", p["variants"], lambda n, v: check_choice(n, v, ALL_VARIANTS))
     check_list("seeds", p["seeds"], lambda n, s: check_seed(s, n)); check_list("layers", p["layers"], check_nonneg_int)
     RecordConfig(n_latents=p["n_latents"], window_len=p["window_len"], n_train=p["n_train"], n_test=p["n_test"], n_negative=p["n_negative"],
                  n_quantiles=p["n_quantiles"], min_examples=p["min_examples"], seed=p["seed"], train_type=p["train_type"],
