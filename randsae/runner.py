@@ -430,13 +430,11 @@ def plan_runs(preset: Preset, stages: Sequence[str] | None = None, overrides: Ma
     return [run for s in stages for run in stage_runs(s)]
 
 # %% ../nbs/05_runner.ipynb #424cb0ee
-from .config import PRESETS, StageRun, TINY_INTERP
+from .config import PRESETS, REAL_LM_INTERP, StageRun, real_lm_sae
 
 LOCAL_BASE_PRESETS = ("smollm2-135m", "gemma3-270m")   # presets for real LMs whose sae and interp parameters a local model takes, first found
-LOCAL_SAE = dict(ctx_len=256, sae_expansion_factor=8, sae_k=32, sae_n_tokens=98_304, sae_batch_size=1, sae_optimizer="adam", compare_optimizers=[],
-                 seeds=[0], heldout_max_tokens=8_192, latent_cache_max_tokens=65_536, dead_check_max_tokens=8_192,
-                 embedding_l1_coefficients=[1e-3, 1e-2, 0.1, 1.0], embedding_latent_multiplier=2, embedding_n_epochs=3)   # when none is registered
-LOCAL_INTERP = dict(TINY_INTERP, cache_n_tokens=65_536)
+LOCAL_SAE = {k: v for k, v in real_lm_sae("").items() if k != "subject"}   # when none of them is registered: the same CPU-sized parameters
+LOCAL_INTERP = dict(REAL_LM_INTERP)
 _SCHEDULE = ("layers",)   # a base preset's layer schedule is its own model's, never the local model's
 
 def subject_preset(path: str | Path, base: str | None = None) -> Preset:
