@@ -439,14 +439,13 @@ _SCHEDULE = ("layers",)   # a base preset's layer schedule is its own model's, n
 
 def subject_preset(path: str | Path, base: str | None = None) -> Preset:
     "A preset of the `sae` and `interp` stages on the local model at `path`, with the parameters of preset `base` (default: the first of `LOCAL_BASE_PRESETS` registered, else `LOCAL_SAE`/`LOCAL_INTERP`)."
-    import hashlib
     from randsae.subjects import SUBJECTS, local_subject
     if str(path) in SUBJECTS:
         raise ValueError(f"--subject takes the path of a local model; {str(path)!r} is a registered subject: run its preset (--preset) or --set subject={path}")
     spec = local_subject(path)   # a missing path, a folder without config.json, an unreadable config: one line naming it and the fix
     p = Path(spec.path); name = re.sub(r"[^A-Za-z0-9._-]+", "-", p.stem if p.is_file() else p.name).strip("-.")[:40] or "model"
-    folder = f"local-{name}-{hashlib.sha256(spec.path.encode()).hexdigest()[:6]}"
     src = get_preset(base) if base else next((PRESETS[n] for n in LOCAL_BASE_PRESETS if n in PRESETS), None)
+    folder = f"local-{name}-{params_hash({'path': spec.path, 'base': src.name if src else ''})[:6]}"   # another model, or another base: another folder
     if src is None: params = {"sae": LOCAL_SAE, "interp": LOCAL_INTERP}
     else:
         params = {s: src.stages[s].params for s in ("sae", "interp") if s in src.stages}
