@@ -332,6 +332,12 @@ STAGES: dict[str, Stage] = {s.name: s for s in [
           "claims tested on each model.",
           inputs=("*/sae_pipeline_summary.json", "*/tables/sae_metrics_by_*.parquet", "*/tables/autointerp_by_*.parquet",
                   "*/tables/entropy_by_layer.parquet")),   # the tables randsae.compare.TABLES reads
+    Stage("ledger", ("ledger.ipynb",),
+          "The claims ledger: each claim of the paper (and of Korznikov et al. where randsae tests it) checked on every run under outputs/ "
+          "with criteria fixed in advance (randsae.ledger): supported / not supported / not measured, with the numbers and intervals.",
+          inputs=("*/sae_pipeline_summary.json", "*/autointerp_summary.json", "*/toy_superposition_summary.json", "*/toy_glove_summary.json",
+                  "*/tables/sae_metrics_by_*.parquet", "*/tables/autointerp_by_*.parquet", "*/tables/entropy_by_layer.parquet",
+                  "*/tables/fig05_mmcs_intervals.parquet", "*/tables/toy_gap_summary.parquet", "*/tables/glove_gap_summary.parquet")),   # what randsae.ledger reads
 ]}
 
 @dataclass(frozen=True)
@@ -400,7 +406,7 @@ REAL_LM_INTERP = dict(TINY_INTERP, cache_n_tokens=49_152)
 PRESETS: dict[str, Preset] = {p.name: p for p in [
     Preset("tiny", "Embedded offline default: toy models at reduced size, and the transformer pipeline on a tiny GPTNeoX trained here.",
            {"toy": StageRun("toy", TOY_DEFAULT), "sae": StageRun("tiny", TINY_SAE), "interp": StageRun("tiny", TINY_INTERP),
-            "models": StageRun("models")}),
+            "models": StageRun("models"), "ledger": StageRun("ledger")}),
     *[Preset(name, f"{title} loaded offline from PyPI archives, on a CPU budget: the sae and interp stages (run the tiny preset's "
              f"models stage afterwards for the cross-model Fig 3).", {"sae": StageRun(name, real_lm_sae(name)), "interp": StageRun(name, REAL_LM_INTERP)})
       for name, title in [("smollm2-135m", "SmolLM2-135M-Instruct (Llama, 30 blocks, d=576)"), ("gemma3-270m", "Gemma-3-270M base (Gemma3, 18 blocks, d=640)")]],

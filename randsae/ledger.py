@@ -13,7 +13,7 @@ __all__ = ['CLAIMS_VERSION', 'SUPPORTED', 'NOT_SUPPORTED', 'NOT_MEASURED', 'NOT_
            'check_superposed_dominates', 'check_mlp_narrows_gap', 'check_glove_gap_smaller', 'Run', 'find_ledger_runs',
            'ledger', 'ledger_table', 'ledger_markdown', 'readme_ledger']
 
-# %% ../nbs/24_ledger.ipynb #047b8346
+# %% ../nbs/24_ledger.ipynb #0b189469
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +25,7 @@ import pandas as pd
 from .compare import CLAIMS as COMPARE_CLAIMS, RANDOM_VARIANTS, check_claims, find_runs, load_tables
 from .stats import compare_intervals, fmt_interval
 
-# %% ../nbs/24_ledger.ipynb #5c1df473
+# %% ../nbs/24_ledger.ipynb #6320f470
 CLAIMS_VERSION = 1   # bump whenever a criterion changes; every ledger row records it
 
 SUPPORTED, NOT_SUPPORTED, NOT_MEASURED, NOT_RUN = "supported", "not supported", "not measured", "not run"
@@ -59,7 +59,7 @@ class Claim:
             return Verdict(NOT_MEASURED, f"no {', '.join(missing)} table in this run" + (f": {self.missing_why}" if self.missing_why else ""))
         return self.check(tables)
 
-# %% ../nbs/24_ledger.ipynb #0b796413
+# %% ../nbs/24_ledger.ipynb #a6ba6bea
 def _row(t: pd.DataFrame, **where) -> pd.Series | None:
     m = np.ones(len(t), bool)
     for k, v in where.items(): m &= (t[k] == v).to_numpy()
@@ -81,7 +81,7 @@ def _all(outcomes: Sequence[str], wanted: str, evidence: str, what: str = "compa
     head = f"{ok} of {len(outcomes)} {what} as claimed"
     return Verdict(SUPPORTED if ok == len(outcomes) else NOT_SUPPORTED, f"{head}: {evidence}")
 
-# %% ../nbs/24_ledger.ipynb #8df7316e
+# %% ../nbs/24_ledger.ipynb #8e3eba11
 FROM_COMPARE = {"holds": SUPPORTED, "partly": NOT_SUPPORTED, "does not hold": NOT_SUPPORTED, "no data": NOT_MEASURED, "no interval": NOT_MEASURED}
 
 def _compare_check(name: str) -> Callable[[Mapping[str, pd.DataFrame]], Verdict]:
@@ -94,7 +94,7 @@ def _compare_check(name: str) -> Callable[[Mapping[str, pd.DataFrame]], Verdict]
     check.__name__ = f"compare_{name}"
     return check
 
-# %% ../nbs/24_ledger.ipynb #ad8e6667
+# %% ../nbs/24_ledger.ipynb #508d16a7
 OTHERS = ("trained", *RANDOM_VARIANTS)   # every variant but the control
 
 def check_auroc_above_control(tables) -> Verdict:
@@ -153,7 +153,7 @@ def check_trained_entropy_rises(tables) -> Verdict:
     a, b = fl
     return _all([_cmp(b, a, "entropy")], "above", f"trained: layer {int(a.layer)} {_f(a, 'entropy')} -> layer {int(b.layer)} {_f(b, 'entropy')}", "comparison")
 
-# %% ../nbs/24_ledger.ipynb #91304d8b
+# %% ../nbs/24_ledger.ipynb #60b99cb0
 GAP_MEASURES = ("l1_over_sqrt_l2", "l0", "hoyer")
 MMCS_RECOVERED = 0.9   # "near-perfect recovery": the toy notebook's threshold for the peak MMCS's lower bound
 
@@ -186,17 +186,17 @@ def check_superposed_dominates(tables) -> Verdict:
     "Normalised scale: the inputs' gap (times sparser, superposed over Gaussian) lies above 1 for every measure and explained variance reached."
     g = _one(tables["toy_gap_summary"]); g = g[(g.scale == "normalised") & (g.pair == "inputs") & g.measure.isin(GAP_MEASURES)].dropna(subset=["gap"])
     out = [_cmp(r, r, "gap", "one") for _, r in g.iterrows()]
-    ev = [f"{r.measure} at EV {r.explained_variance:g}: {_f(r, 'gap', 2)}x" for _, r in g.iterrows()]
-    return _all(out, "above", "; ".join(ev), "points")
+    ev = [f"{r.measure} at EV {r.explained_variance:g}: {_f(r, 'gap', 2)}" for _, r in g.iterrows()]
+    return _all(out, "above", "times sparser: " + "; ".join(ev), "points")
 
 def check_mlp_narrows_gap(tables) -> Verdict:
     "Normalised scale: the inputs' gap lies above the outputs' gap (after the random MLP) for every measure and explained variance both reached."
     g = tables["toy_gap_summary"]; g = g[(g.scale == "normalised") & g.measure.isin(GAP_MEASURES)]; out, ev = [], []
     for (m, lv), d in g.groupby(["measure", "explained_variance"]):
         a, b = _row(d, pair="inputs"), _row(d, pair="outputs")
-        if a is None or b is None or not (np.isfinite(a.gap) and np.isfinite(b.gap)): continue
-        out.append(_cmp(a, b, "gap")); ev.append(f"{m} at EV {lv:g}: inputs {_f(a, 'gap', 2)}x, outputs {_f(b, 'gap', 2)}x")
-    return _all(out, "above", "; ".join(ev), "points")
+        if a is None or b is None or not all(np.isfinite(float(r[c])) for r in (a, b) for c in ("gap_lo", "gap_hi")): continue   # as the criterion says: both with an interval
+        out.append(_cmp(a, b, "gap")); ev.append(f"{m} at EV {lv:g}: inputs {_f(a, 'gap', 2)}, outputs {_f(b, 'gap', 2)}")
+    return _all(out, "above", "times sparser: " + "; ".join(ev), "points")
 
 def check_glove_gap_smaller(tables) -> Verdict:
     "Normalised scale: GloVe's gap over its Gaussian control lies below the toy inputs' gap, for every dictionary size, measure and level both reached."
@@ -207,16 +207,16 @@ def check_glove_gap_smaller(tables) -> Verdict:
         tr = _row(toy, measure=r.measure, explained_variance=r.explained_variance)
         if tr is None or not np.isfinite(tr.gap): continue
         out.append(_cmp(r, tr, "times_sparser", "gap"))
-        ev.append(f"{r.measure} at EV {r.explained_variance:g}, {int(r.n_latents)} latents: GloVe {_f(r, 'times_sparser', 2)}x vs toy {_f(tr, 'gap', 2)}x")
-    return _all(out, "below", "; ".join(ev), "points")
+        ev.append(f"{r.measure} at EV {r.explained_variance:g}, {int(r.n_latents)} latents: GloVe {_f(r, 'times_sparser', 2)} vs toy {_f(tr, 'gap', 2)}")
+    return _all(out, "below", "times sparser: " + "; ".join(ev), "points")
 
-# %% ../nbs/24_ledger.ipynb #a1297690
+# %% ../nbs/24_ledger.ipynb #ee3c134a
 def _not_yet(why: str) -> Callable[[Mapping[str, pd.DataFrame]], Verdict]:
     "A check for a claim whose table exists but whose criterion this CLAIMS_VERSION does not state yet: never a verdict by default."
     def check(tables) -> Verdict: return Verdict(NOT_MEASURED, f"{why}; this ledger (claims version {CLAIMS_VERSION}) has no criterion for its table yet: write one and bump CLAIMS_VERSION")
     return check
 
-# %% ../nbs/24_ledger.ipynb #ee52c95d
+# %% ../nbs/24_ledger.ipynb #2e32c4b5
 _FIG3 = ("sae_metrics_by_variant", "autointerp_by_variant", "entropy_by_layer")   # the tables compare.check_claims reads
 _RAND = "the randomised variants (re-randomised incl./excl. embeddings, step-0)"
 CLAIMS: dict[str, Claim] = {c.id: c for c in [
@@ -242,7 +242,7 @@ CLAIMS: dict[str, Claim] = {c.id: c for c in [
           "compare's `control_chance`: the control's token-null pooled fuzzing AUROC interval reaches into [0.45, 0.55]",
           _compare_check("control_chance"), ("autointerp_by_variant",), missing_why="the interp stage has not run on this model"),
     Claim("entropy_order", HEAP, "Token entropy is highest for the control and lowest for the randomised variants (Sec. 3.3, Fig 3 last row)",
-          f"token entropy over all layers: the control's interval lies above every other variant's, and each of {_RAND}' lies below the trained one's",
+          f"token entropy over all layers: the control's interval lies above every other variant's, and that of each of {_RAND} lies below the trained one's",
           check_entropy_order, ("autointerp_by_variant",), missing_why="the interp stage has not run on this model"),
     Claim("trained_entropy_rises", HEAP, "The trained model's token entropy rises with depth: later latents are more abstract (Sec. 3.3)",
           "the trained variant's token-entropy interval at the last layer lies wholly above the first layer's",
@@ -275,7 +275,7 @@ CLAIMS: dict[str, Claim] = {c.id: c for c in [
           missing_why="no stage runs randsae.recovery's sweep yet (issue 11 section 2)"),
 ]}
 
-# %% ../nbs/24_ledger.ipynb #66c6afbe
+# %% ../nbs/24_ledger.ipynb #caa409ec
 SAE_SUMMARY, INTERP_SUMMARY = "sae_pipeline_summary.json", "autointerp_summary.json"
 TOY_SUMMARY, GLOVE_SUMMARY = "toy_superposition_summary.json", "toy_glove_summary.json"
 TOY_TABLES = {"fig05_mmcs_intervals": TOY_SUMMARY, "toy_gap_summary": TOY_SUMMARY, "glove_gap_summary": GLOVE_SUMMARY}   # table -> the summary vouching for it
@@ -318,7 +318,7 @@ def find_ledger_runs(root: str | Path) -> list[Run]:
             runs.append(Run(d.name, "toy", {}, not_run=f"no {TOY_SUMMARY} in {d.name}/: the toy stage has not finished"))
     return sorted(runs, key=lambda r: (KINDS.index(r.kind), r.name))
 
-# %% ../nbs/24_ledger.ipynb #78a1c418
+# %% ../nbs/24_ledger.ipynb #b164fb45
 LEDGER_COLUMNS = ["run", "kind", "claim", "source", "statement", "criterion", "verdict", "evidence", "claims_version"]
 
 def ledger(runs: Sequence[Run], claims: Mapping[str, Claim] | None = None) -> pd.DataFrame:
