@@ -6,9 +6,10 @@ Docs: https://randsae.github.io/randsae/battery.html.md"""
 
 # %% auto #0
 __all__ = ['log', 'BATTERY_METRICS', 'SINGLE_TOKEN_SHARE', 'SHUFFLED_EXPLAINER', 'NULL_SIMULATOR', 'record_cells', 'grouped_r2',
-           'battery', 'battery_summary', 'latent_values', 'randomize_context', 'context_sensitivity', 'derangement',
-           'shuffle_explanations', 'shuffled_null_explanations', 'shuffled_null_scores', 'explanation_gap',
-           'token_list_explanations', 'null_simulation', 'kl_divergence_score', 'battery_latents_per_s']
+           'battery', 'battery_summary', 'latent_values', 'randomize_context', 'context_sensitivity',
+           'context_seconds_per_latent', 'derangement', 'shuffle_explanations', 'shuffled_null_explanations',
+           'shuffled_null_scores', 'explanation_gap', 'token_list_explanations', 'null_simulation',
+           'kl_divergence_score', 'battery_latents_per_s']
 
 # %% ../nbs/23_battery.ipynb #ccc32391
 import json, logging, math, time
@@ -169,6 +170,12 @@ def context_sensitivity(model: nn.Module, sae: nn.Module, layer: int, records: L
                                             activation_random=("random", "mean"), d=("diff", "sum"), a=("abs", "sum")).reset_index()
     g["context_sensitivity"] = np.where(g.a > 0, g.d / g.a.where(g.a > 0, 1), np.nan)
     return g.assign(variant=records.variant, seed=records.seed, layer=layer)[_CONTEXT_COLS]
+
+def context_seconds_per_latent(model: nn.Module, sae: nn.Module, layer: int, records: LatentRecords, **kwargs) -> dict:
+    "Wall-clock cost of `context_sensitivity` (its `kwargs`) per latent and per window, for the benchmark."
+    t = time.perf_counter(); cs = context_sensitivity(model, sae, layer, records, progress=False, **kwargs); dt = time.perf_counter() - t
+    return {"context_seconds_per_latent": dt / max(len(cs), 1), "context_seconds_per_window": dt / max(int(cs.n_windows.sum()), 1),
+            "n_latents": len(cs), "threads": torch.get_num_threads()}
 
 # %% ../nbs/23_battery.ipynb #d24fead4
 SHUFFLED_EXPLAINER = "token_null_shuffled"
