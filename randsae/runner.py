@@ -317,7 +317,7 @@ def check_stage(stage: str, params: Mapping[str, Mapping[str, Any]]) -> None:
         with _quiet(): notes = getattr(importlib.import_module(module), fn)(params)
     except (ValueError, TypeError, OverflowError) as e:
         raise ValueError(f"stage {stage!r}: {' '.join(str(e).split())}") from None
-    for note in notes or []: log.info("%s", note)
+    for note in notes or []: log.debug("%s", note)   # not info: a clean dry run prints nothing but its plan
 
 # %% ../nbs/05_runner.ipynb #9d10c15a
 def run_dir_name(base: str, overrides: Mapping[str, Any]) -> str:
