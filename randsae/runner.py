@@ -309,7 +309,7 @@ def _quiet():
     finally: logging.disable(level)
 
 def check_stage(stage: str, params: Mapping[str, Mapping[str, Any]]) -> None:
-    "Run the checker `STAGES[stage].validator` names on the stage's resolved parameters: a `ValueError` of one line naming the stage; the notes it returns are logged."
+    "Run the checker `STAGES[stage].validator` names on the stage's resolved parameters: a `ValueError` of one line naming the stage; the notes it returns are logged at DEBUG."
     name = STAGES[stage].validator
     if not name: return
     module, _, fn = name.partition(":")
