@@ -249,7 +249,6 @@ def load_subject(spec: SubjectSpec, device=None, dtype: torch.dtype = torch.floa
     if spec.source == "train_tiny":
         raise ValueError("the tiny subject is trained by the sae stage: read it with load_checkpoint(<sae folder>/subject/trained) and .../step0")
     if spec.source == "hf_hub":
-        from transformers import AutoTokenizer
         trained = load_checkpoint(spec.hub_id, device=dev, dtype=dtype); step0 = load_checkpoint(spec.hub_id, revision=spec.step0_revision, device=dev, dtype=dtype)
         return trained, step0, AutoTokenizer.from_pretrained(spec.hub_id), spec.hub_id
     if spec.source == "pretrained":
