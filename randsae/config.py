@@ -327,6 +327,15 @@ STAGES: dict[str, Stage] = {s.name: s for s in [
           "Auto-interpretability of the sae stage's SAEs: token-identity null model and an LLM, fuzzing and detection AUROC, "
           "token entropy (paper Sections 3.1, 3.3): Fig 1-style ROC curves, Fig 3 rows 4 and 6.", requires=("sae",),
           validator="randsae.runner:check_interp_params"),
+    Stage("baselines", ("baselines.ipynb",),
+          "Both kinds of random baseline in one grid (issue 11 section 1): the five model variants x four SAE kinds (ordinary TopK; frozen, "
+          "soft-frozen (cos >= 0.8) and frozen-encoder baselines of Korznikov et al.), on the sae stage's subject, tokens and seeds; EV, cosine, "
+          "L1, L0, dead fraction, CE loss score, null-model AUROC and entropy with 95% intervals; a heatmap per metric.",
+          requires=("sae",), validator="randsae.saes:check_baselines_params", products=("baselines_summary.json", "tables/sae_baseline_grid.*")),
+    Stage("sweep", ("robustness_sweep.ipynb",),
+          "The paper's robustness sweep (Appendix B, Fig 11): TopK SAEs over expansion factors x k for every variant on the sae stage's "
+          "subject and tokens, the Fig 3 SAE metrics with 95% intervals, and whether the variants' ordering changes with R or k.",
+          requires=("sae",), validator="randsae.saes:check_sweep_params"),
     Stage("models", ("models.ipynb",),
           "Fig 3 with one column per model from every run of the sae and interp stages under outputs/, and the paper's Section 3 "
           "claims tested on each model.",
@@ -337,7 +346,8 @@ STAGES: dict[str, Stage] = {s.name: s for s in [
           "with criteria fixed in advance (randsae.ledger): supported / not supported / not measured, with the numbers and intervals.",
           inputs=("*/sae_pipeline_summary.json", "*/autointerp_summary.json", "*/toy_superposition_summary.json", "*/toy_glove_summary.json",
                   "*/tables/sae_metrics_by_*.parquet", "*/tables/autointerp_by_*.parquet", "*/tables/entropy_by_layer.parquet",
-                  "*/tables/fig05_mmcs_intervals.parquet", "*/tables/toy_gap_summary.parquet", "*/tables/glove_gap_summary.parquet")),   # what randsae.ledger reads
+                  "*/tables/fig05_mmcs_intervals.parquet", "*/tables/toy_gap_summary.parquet", "*/tables/glove_gap_summary.parquet",
+                  "*/tables/sae_baseline_grid.parquet")),   # what randsae.ledger reads
 ]}
 
 @dataclass(frozen=True)
@@ -403,9 +413,21 @@ def real_lm_sae(subject: str) -> dict[str, Any]:
                 embedding_l1_coefficients=[1e-3, 1e-2, 0.1, 1.0], embedding_latent_multiplier=2, embedding_n_epochs=3, embedding_max_rows=16_384)
 REAL_LM_INTERP = dict(TINY_INTERP, cache_n_tokens=49_152)
 
+# The baselines grid (issue 11): 4 SAE kinds x 5 variants x 3 seeds on all 4 layers is 60 sparsify runs, so each SAE trains on 65,536
+# tokens (128 steps), not the sae stage's 500k (the ordinary SAEs are trained again on that budget, beside the baselines); the null model
+# scores 30 latents per SAE on 131,072 latent-cache tokens with the authors' sampling; no LLM (it would not fit the stage's CPU budget).
+TINY_BASELINES = dict(seeds=[0, 1, 2], sae_n_tokens=65_536, heldout_n_tokens=0, ce_n_tokens=16_384, cache_n_tokens=131_072, n_latents=30,
+                      window_len=32, n_train=40, n_test=100, n_negative=50, n_quantiles=10, min_examples=140, n_bootstrap=1000)
+# The Fig 11 sweep: expansion factors 16-128 x k 16, 32 for every variant, on one layer (block 2 of 4), 2 seeds, 65,536 tokens per SAE.
+TINY_SWEEP = dict(seeds=[0, 1], layers=[2], expansion_factors=[16, 32, 64, 128], ks=[16, 32], sae_n_tokens=65_536, heldout_n_tokens=32_768,
+                  ce_n_tokens=16_384)
+# The paper's sweep (Appendix B): Pythia-160M, every layer, expansion factors 16-128 x k 16, 32, the sae stage's 100M tokens, one seed.
+PYTHIA_160M_SWEEP = dict(seeds=[0], layers=[], expansion_factors=[16, 32, 64, 128], ks=[16, 32], sae_n_tokens=0, heldout_n_tokens=0, ce_n_tokens=262_144)
+
 PRESETS: dict[str, Preset] = {p.name: p for p in [
     Preset("tiny", "Embedded offline default: toy models at reduced size, and the transformer pipeline on a tiny GPTNeoX trained here.",
            {"toy": StageRun("toy", TOY_DEFAULT), "sae": StageRun("tiny", TINY_SAE), "interp": StageRun("tiny", TINY_INTERP),
+            "baselines": StageRun("tiny-baselines", TINY_BASELINES), "sweep": StageRun("tiny-sweep", TINY_SWEEP),
             "models": StageRun("models"), "ledger": StageRun("ledger")}),
     *[Preset(name, f"{title} loaded offline from PyPI archives, on a CPU budget: the sae and interp stages (run the tiny preset's "
              f"models stage afterwards for the cross-model Fig 3).", {"sae": StageRun(name, real_lm_sae(name)), "interp": StageRun(name, REAL_LM_INTERP)})
@@ -416,6 +438,9 @@ PRESETS: dict[str, Preset] = {p.name: p for p in [
              {"toy": StageRun("toy", TOY_DEFAULT), "sae": StageRun(f"pythia-{size}", pythia_sae(size)),
               "interp": StageRun(f"pythia-{size}", PAPER_INTERP)})
       for size in ["70m", "160m", "410m", "1b", "6.9b"]],
+    Preset("pythia-160m-sweep", "The paper's robustness sweep (Appendix B, Fig 11) on Pythia-160M (deduped): the sae stage with the paper's settings, "
+           "then TopK SAEs over expansion factors 16-128 x k 16, 32 on every layer: GPU and network needed.",
+           {"sae": StageRun("pythia-160m", pythia_sae("160m")), "sweep": StageRun("pythia-160m-sweep", PYTHIA_160M_SWEEP)}),
 ]}
 
 def get_preset(name: str) -> Preset:

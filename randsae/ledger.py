@@ -6,12 +6,13 @@ Docs: https://randsae.github.io/randsae/ledger.html.md"""
 
 # %% auto #0
 __all__ = ['CLAIMS_VERSION', 'SUPPORTED', 'NOT_SUPPORTED', 'NOT_MEASURED', 'NOT_RUN', 'VERDICTS', 'HEAP', 'KORZNIKOV', 'KINDS',
-           'FROM_COMPARE', 'OTHERS', 'GAP_MEASURES', 'MMCS_RECOVERED', 'CLAIMS', 'SAE_SUMMARY', 'INTERP_SUMMARY',
-           'TOY_SUMMARY', 'GLOVE_SUMMARY', 'TOY_TABLES', 'LEDGER_COLUMNS', 'Verdict', 'Claim',
-           'check_auroc_above_control', 'check_control_reconstruction_lower', 'check_control_depth',
+           'FROM_COMPARE', 'OTHERS', 'GAP_MEASURES', 'MMCS_RECOVERED', 'FROZEN_KINDS', 'CLAIMS', 'SAE_SUMMARY',
+           'INTERP_SUMMARY', 'TOY_SUMMARY', 'GLOVE_SUMMARY', 'TOY_TABLES', 'BASELINES_SUMMARY', 'LEDGER_COLUMNS',
+           'Verdict', 'Claim', 'check_auroc_above_control', 'check_control_reconstruction_lower', 'check_control_depth',
            'check_entropy_order', 'check_trained_entropy_rises', 'check_goldilocks_zone', 'check_toy_recovery',
-           'check_superposed_dominates', 'check_mlp_narrows_gap', 'check_glove_gap_smaller', 'Run', 'find_ledger_runs',
-           'ledger', 'ledger_table', 'ledger_markdown', 'readme_ledger']
+           'check_superposed_dominates', 'check_mlp_narrows_gap', 'check_glove_gap_smaller',
+           'check_frozen_baselines_match', 'Run', 'baseline_grids', 'find_ledger_runs', 'ledger', 'ledger_table',
+           'ledger_markdown', 'readme_ledger']
 
 # %% ../nbs/24_ledger.ipynb #0b189469
 import json
@@ -26,7 +27,7 @@ from .compare import CLAIMS as COMPARE_CLAIMS, RANDOM_VARIANTS, check_claims, fi
 from .stats import compare_intervals, fmt_interval
 
 # %% ../nbs/24_ledger.ipynb #6320f470
-CLAIMS_VERSION = 1   # bump whenever a criterion changes; every ledger row records it
+CLAIMS_VERSION = 2   # bump whenever a criterion changes; every ledger row records it (2: frozen_baselines_match gets its criterion)
 
 SUPPORTED, NOT_SUPPORTED, NOT_MEASURED, NOT_RUN = "supported", "not supported", "not measured", "not run"
 VERDICTS = (SUPPORTED, NOT_SUPPORTED, NOT_MEASURED)
@@ -216,6 +217,20 @@ def _not_yet(why: str) -> Callable[[Mapping[str, pd.DataFrame]], Verdict]:
     def check(tables) -> Verdict: return Verdict(NOT_MEASURED, f"{why}; this ledger (claims version {CLAIMS_VERSION}) has no criterion for its table yet: write one and bump CLAIMS_VERSION")
     return check
 
+# %% ../nbs/24_ledger.ipynb #0cf92864
+FROZEN_KINDS = ("frozen_decoder", "frozen_encoder")
+
+def check_frozen_baselines_match(tables) -> Verdict:
+    g = tables["sae_baseline_grid"]; tr = g[g.variant == "trained"]
+    ref = _row(tr, kind="none")
+    if ref is None: return Verdict(NOT_MEASURED, "the grid has no ordinary SAE on the trained model")
+    out, ev = [], [f"ordinary {_f(ref, 'auroc_null')}"]
+    for k in FROZEN_KINDS:
+        r = _row(tr, kind=k)
+        if r is None: continue
+        out.append(_cmp(r, ref, "auroc_null")); ev.append(f"{k.replace('_', ' ')} {_f(r, 'auroc_null')}")
+    return _all(out, "indistinguishable", "trained model, null-model fuzzing AUROC (95% bootstrap intervals over latents): " + "; ".join(ev))
+
 # %% ../nbs/24_ledger.ipynb #2e32c4b5
 _FIG3 = ("sae_metrics_by_variant", "autointerp_by_variant", "entropy_by_layer")   # the tables compare.check_claims reads
 _RAND = "the randomised variants (re-randomised incl./excl. embeddings, step-0)"
@@ -251,9 +266,9 @@ CLAIMS: dict[str, Claim] = {c.id: c for c in [
           "compare's `abstraction`: trained's last-layer entropy interval lies above its first layer's, and no randomised variant's does",
           _compare_check("abstraction"), ("entropy_by_layer",), missing_why="the interp stage has not run on this model"),
     Claim("frozen_baselines_match", KORZNIKOV, "SAEs with a frozen random decoder or encoder match fully trained SAEs on interpretability metrics",
-          "(no criterion yet: written with the grid's table when issue 11's grid stage lands)",
-          _not_yet("the SAE-side baseline grid is present"), ("sae_baseline_grid",),
-          missing_why="issue 11's grid stage (model variants x SAE-side baselines: frozen decoder, soft-frozen decoder, frozen encoder) has not run; no stage writes this table yet"),
+          "on the trained model, the null-model fuzzing AUROC interval (over latents) of the frozen-decoder and of the frozen-encoder SAE each overlaps the ordinary SAE's (the baselines stage's grid)",
+          check_frozen_baselines_match, ("sae_baseline_grid",),
+          missing_why="the baselines stage (model variants x SAE-side baselines) has not run on this model"),
     Claim("goldilocks_zone", HEAP, "SAE recovery of the toy ground truth peaks in a Goldilocks range of the L1 coefficient (Sec. 4, Fig 5)",
           "for every dictionary size, the L1 coefficient of highest mean MMCS lies strictly inside the grid and its MMCS interval lies above those at both ends of the grid",
           check_goldilocks_zone, ("fig05_mmcs_intervals",), kind="toy"),
@@ -298,16 +313,31 @@ class Run:
     not_run: str = ""   # why, when the run's stage has not finished
     interp: str = ""    # the interp folder's name, when the interp stage has run
 
+BASELINES_SUMMARY = "baselines_summary.json"
+
+def baseline_grids(root: str | Path) -> dict[Path, Path]:
+    "sae stage folder -> the `sae_baseline_grid` table of the finished baselines run that read it (its `run.json` names it; the newest when several did)."
+    out = {}
+    for p in sorted(Path(root).glob("*/tables/sae_baseline_grid.parquet"), key=lambda p: p.stat().st_mtime):
+        folder = p.parent.parent
+        if not (folder/BASELINES_SUMMARY).exists(): continue   # a half-written run
+        try: sae = json.loads((folder/"run.json").read_text())["notebooks"]["baselines.ipynb"]["sae_dir"]
+        except (OSError, KeyError, TypeError, json.JSONDecodeError): continue
+        out[Path(sae).resolve()] = p
+    return out
+
 def find_ledger_runs(root: str | Path) -> list[Run]:
     "The transformer and toy runs under `root`, sorted by kind then name; preset folders without their summary as not run."
     root = Path(root); runs = []; expected = _preset_folders()
     sae_runs = {sae.resolve(): interp for sae, interp in find_runs(root).values()} if root.is_dir() else {}
+    grids = baseline_grids(root) if root.is_dir() else {}
     for d in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")) if root.is_dir() else []:
         if (d/SAE_SUMMARY).exists():
             interp = sae_runs.get(d.resolve())
             if interp is not None and not (interp/INTERP_SUMMARY).exists(): interp = None
             tabs = load_tables(d, interp)
             if interp is None: tabs = {k: v for k, v in tabs.items() if not k.startswith(("autointerp", "entropy"))}   # half-written interp tables
+            if (g := grids.get(d.resolve())) is not None: tabs["sae_baseline_grid"] = pd.read_parquet(g)
             runs.append(Run(d.name, "transformer", tabs, interp=interp.name if interp is not None else ""))
         elif expected.get(d.name) == "transformer":
             runs.append(Run(d.name, "transformer", {}, not_run=f"no {SAE_SUMMARY} in {d.name}/: the sae stage has not finished"))

@@ -7,7 +7,8 @@ Docs: https://randsae.github.io/randsae/saes.html.md"""
 # %% auto #0
 __all__ = ['log', 'OPTIMIZERS', 'AUTHORS_WARMUP_STEPS', 'AUTHORS_N_STEPS', 'BASELINES', 'DONE', 'SAE_FORMAT', 'SaeTrainConfig',
            'TokenDataset', 'project_to_cone', 'apply_baseline', 'residual_width', 'sae_dir', 'is_done', 'load_sae',
-           'initial_sae', 'train_saes', 'sae_metrics', 'ce_loss_score', 'evaluate_saes', 'launch_distributed',
+           'initial_sae', 'train_saes', 'sae_metrics', 'ce_loss_score', 'evaluate_saes', 'check_baselines_params',
+           'check_sweep_params', 'read_sae_stage', 'check_against_sae_stage', 'launch_distributed',
            'sae_matmul_fraction']
 
 # %% ../nbs/14_saes.ipynb #c68339f8
@@ -114,22 +115,28 @@ class TokenDataset(torch.utils.data.Dataset):
         return TokenDataset(self.tokens[index::num_shards])
 
 # %% ../nbs/14_saes.ipynb #0d8f0d12
-def _zero_grad(g: Tensor) -> Tensor: return torch.zeros_like(g)
+def _no_op() -> None: return None
 
 @torch.no_grad()
 def project_to_cone(w: Tensor, w0: Tensor, min_cos: float) -> Tensor:
-    "Rows of `w` with cosine < `min_cos` to the unit rows of `w0` replaced by the nearest unit vector at cosine `min_cos` (in place)."
-    a = (w * w0).sum(-1, keepdim=True); perp = w - a * w0; b = perp.norm(dim=-1, keepdim=True)
-    cos = a / (a.square() + b.square()).sqrt().clamp_min(1e-12)
-    proj = min_cos * w0 + math.sqrt(1 - min_cos**2) * perp / b.clamp_min(1e-12)
-    proj = torch.where(b > 1e-12, proj, w0)   # antiparallel rows: back to the initial direction
-    return w.copy_(torch.where(cos < min_cos, proj, w))
+    "Rows of `w` with cosine < `min_cos` to the unit rows of `w0` replaced by the nearest unit vector at cosine `min_cos` (in place; other rows untouched)."
+    a, n = torch.linalg.vecdot(w, w0), torch.linalg.vector_norm(w, dim=-1)
+    bad = ((a < min_cos * n) | (n <= 1e-12)).nonzero().squeeze(-1)   # cos < min_cos, without dividing; a zero row counts as outside
+    if not len(bad): return w
+    wb, w0b = w[bad], w0[bad]
+    perp = wb - a[bad, None] * w0b; b = perp.norm(dim=-1, keepdim=True)
+    proj = min_cos * w0b + math.sqrt(1 - min_cos**2) * perp / b.clamp_min(1e-12)
+    w[bad] = torch.where(b > 1e-12, proj, w0b)   # antiparallel (or zero) rows: back to the initial direction
+    return w
 
 def apply_baseline(sae: Sae, baseline: str, min_cos: float = 0.8) -> Sae:
     "Make `sae` (freshly initialised) train as the SAE-side random `baseline`."
     if baseline not in BASELINES: raise ValueError(f"baseline must be one of {list(BASELINES)}, got {baseline!r}")
-    if baseline == "frozen_decoder": sae.W_dec.register_hook(_zero_grad)
-    elif baseline == "frozen_encoder": sae.encoder.weight.register_hook(_zero_grad)
+    if baseline == "frozen_decoder":
+        sae.W_dec.requires_grad_(False)
+        sae.set_decoder_norm_to_unit_norm = _no_op   # the rows are unit vectors already; renormalising would move their last bits
+        sae.remove_gradient_parallel_to_decoder_directions = _no_op   # no gradient to adjust
+    elif baseline == "frozen_encoder": sae.encoder.weight.requires_grad_(False)
     elif baseline == "soft_frozen_decoder":
         sae.register_buffer("W_dec_init", sae.W_dec.detach().clone(), persistent=False)
         normalize = sae.set_decoder_norm_to_unit_norm
@@ -137,6 +144,7 @@ def apply_baseline(sae: Sae, baseline: str, min_cos: float = 0.8) -> Sae:
             normalize(); project_to_cone(sae.W_dec.data, sae.W_dec_init, min_cos)
         sae.set_decoder_norm_to_unit_norm = normalize_and_project
     return sae
+
 
 # %% ../nbs/14_saes.ipynb #bfcfd378
 def _barrier():
@@ -386,6 +394,65 @@ def evaluate_saes(model: nn.Module, sae_paths: Mapping[int, str | Path], tokens:
             if ce: row |= ce_loss_score(model, sae, i, tokens, batch_size_chunks, dev, ce_clean=clean); clean = row["ce_clean"]
             rows.append(row); del acts[i]; bar.update()
     return pd.DataFrame(rows)
+
+# %% ../nbs/14_saes.ipynb #f92ca053
+def _grid_common(p: Mapping) -> None:
+    "Checks shared by the baselines and sweep notebooks' parameters."
+    from randsae.config import check_choice, check_list, check_nonneg_int
+    from randsae.variants import ALL_VARIANTS
+    seeds = check_list("seeds", p["seeds"], lambda n, s: check_seed(s, n), min_len=1)
+    if len(set(seeds)) != len(seeds): raise ValueError(f"seeds must be distinct, got {seeds}")
+    check_list("variants", p["variants"], lambda n, v: check_choice(n, v, ALL_VARIANTS))
+    check_list("ce_variants", p["ce_variants"], lambda n, v: check_choice(n, v, ALL_VARIANTS))
+    check_list("layers", p["layers"], check_nonneg_int)
+    for f in ("sae_n_tokens", "heldout_n_tokens"): check_nonneg_int(f, p[f])
+    check_positive_int("ce_n_tokens", p["ce_n_tokens"])
+
+def check_baselines_params(params: Mapping[str, Mapping]) -> list[str]:
+    "Construct the baselines stage's configs from `params` (notebook name -> resolved parameters) as `baselines.ipynb` does; a `ValueError` names the field."
+    from randsae.config import check_choice, check_list
+    from randsae.latents import RecordConfig
+    p = params["baselines.ipynb"]; _grid_common(p)
+    kinds = check_list("sae_kinds", p["sae_kinds"], lambda n, b: check_choice(n, b, BASELINES), min_len=1)
+    if len(set(kinds)) != len(kinds): raise ValueError(f"sae_kinds must be distinct, got {kinds}")
+    SaeTrainConfig(soft_frozen_min_cos=p["soft_frozen_min_cos"])
+    check_positive_int("cache_n_tokens", p["cache_n_tokens"]); check_positive_int("n_bootstrap", p["n_bootstrap"])
+    RecordConfig(n_latents=p["n_latents"], window_len=p["window_len"], n_train=p["n_train"], n_test=p["n_test"], n_negative=p["n_negative"],
+                 n_quantiles=p["n_quantiles"], min_examples=p["min_examples"], seed=p["seed"])
+    if p["window_len"] > p["cache_n_tokens"]: raise ValueError(f"cache_n_tokens must be at least window_len={p['window_len']}, got {p['cache_n_tokens']}")
+    check_range("null_mass", p["null_mass"], 0, 1, lo_open=True); check_range("fuzz_threshold", p["fuzz_threshold"], 0, 1)
+    return []
+
+def check_sweep_params(params: Mapping[str, Mapping]) -> list[str]:
+    "Construct the sweep stage's SAE configs (every expansion factor x k) from `params` as `robustness_sweep.ipynb` does; a `ValueError` names the field."
+    from randsae.config import check_list
+    p = params["robustness_sweep.ipynb"]; _grid_common(p)
+    rs = check_list("expansion_factors", p["expansion_factors"], check_positive_int, min_len=1)
+    ks = check_list("ks", p["ks"], check_positive_int, min_len=1)
+    for name, xs in (("expansion_factors", rs), ("ks", ks)):
+        if len(set(xs)) != len(xs): raise ValueError(f"{name} must be distinct, got {xs}")
+    for r in rs:
+        for k in ks: SaeTrainConfig(expansion_factor=r, k=k)   # k < R x d is checked against the subject's width d in the notebook
+    return []
+
+def read_sae_stage(sae_dir: str | Path) -> dict:
+    "The sae stage's summary and its notebook's parameters (from `run.json`) in `sae_dir`, or a `FileNotFoundError` saying what to run."
+    src = Path(sae_dir); summary_path, run_path = src/"sae_pipeline_summary.json", src/"run.json"
+    if not summary_path.exists():
+        raise FileNotFoundError(f"{summary_path} is missing: run the sae stage first (randsae reproduce --stages sae)")
+    summary = json.loads(summary_path.read_text())
+    try: params = json.loads(run_path.read_text())["notebooks"]["sae_pipeline.ipynb"]
+    except (OSError, KeyError, TypeError, json.JSONDecodeError) as e:
+        raise FileNotFoundError(f"{run_path} does not record the sae stage's parameters ({type(e).__name__}): rerun the sae stage") from None
+    for k in ("variants", "layers", "seeds", "subject", "seed"):
+        if k not in summary: raise ValueError(f"{summary_path} has no {k!r}: it comes from an older sae stage; rerun it")
+    return {"summary": summary, "params": params}
+
+def check_against_sae_stage(sae_run: Mapping, variants: Sequence[str], layers: Sequence[int], ce_variants: Sequence[str] = ()) -> None:
+    "Raise unless the `variants`, `layers` and `ce_variants` asked for are among those the sae stage ran (seeds need not be: SAEs are trained anew)."
+    s = sae_run["summary"]
+    bad = [v for v in [*variants, *ce_variants] if v not in s["variants"]] + [l for l in layers if l not in s["layers"]]
+    if bad: raise ValueError(f"variants/layers {bad} were not run by the sae stage, which ran variants {s['variants']} on layers {s['layers']}")
 
 # %% ../nbs/14_saes.ipynb #82756b2c
 def _distributed_main(job_path: str) -> None:
