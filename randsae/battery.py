@@ -8,9 +8,9 @@ Docs: https://randsae.github.io/randsae/battery.html.md"""
 __all__ = ['log', 'BATTERY_METRICS', 'SINGLE_TOKEN_SHARE', 'TRENDS', 'SHUFFLED_EXPLAINER', 'NULL_SIMULATOR', 'record_cells',
            'grouped_r2', 'battery', 'battery_summary', 'depth_slopes', 'slope_differences', 'trend_verdict',
            'latent_values', 'randomize_context', 'context_sensitivity', 'context_seconds_per_latent', 'derangement',
-           'shuffle_explanations', 'shuffled_null_explanations', 'shuffled_null_scores', 'explanation_gap',
-           'token_list_explanations', 'null_simulation', 'kl_divergence_score', 'check_battery_params',
-           'battery_latents_per_s']
+           'shuffle_explanations', 'shuffled_null_explanations', 'shuffled_null_scores', 'latent_aurocs',
+           'explanation_gap', 'token_list_explanations', 'null_simulation', 'kl_divergence_score',
+           'reconstruction_scores', 'check_battery_params', 'battery_latents_per_s', 'context_cost']
 
 # %% ../nbs/23_battery.ipynb #ccc32391
 import json, logging, math, time
@@ -222,10 +222,12 @@ def randomize_context(tokens: np.ndarray, positions, seed: int = 0, pool=None) -
 _CONTEXT_COLS = ["variant", "seed", "layer", "latent", "n_windows", "activation_recorded", "activation_clean", "activation_random", "context_sensitivity"]
 
 def context_sensitivity(model: nn.Module, sae: nn.Module, layer: int, records: LatentRecords, seed: int = 0, splits: Sequence[str] = ("train", "test"),
-                        max_windows: int | None = None, batch_size_chunks: int = 8, device=None, progress: bool = True) -> pd.DataFrame:
-    "Per latent: mean activation at its windows' peaks as recorded, run alone, and with the context before the peak random; context_sensitivity = Σ|random − clean| / Σ|clean|."
+                        max_windows: int | None = None, batch_size_chunks: int = 8, device=None, progress: bool = True,
+                        latents: Sequence[int] | None = None) -> pd.DataFrame:
+    "Per latent (of `latents`, default all with examples): mean activation at its windows' peaks as recorded, run alone, and with the context before the peak random; context_sensitivity = Σ|random − clean| / Σ|clean|."
     check_seed(seed); splits = check_list("splits", list(splits), lambda n, s: check_choice(n, s, ("train", "test")), min_len=1)
     ex = records.examples; m = ex.split.isin(splits).to_numpy()
+    if latents is not None: m = m & np.isin(ex.latent.to_numpy(), np.asarray(latents, dtype=np.int64))
     if max_windows is not None:
         check_positive_int("max_windows", max_windows)
         m = m & (pd.Series(m.astype(np.int64)).groupby(ex.latent.to_numpy()).cumsum().to_numpy() <= max_windows)   # a latent's first max_windows
@@ -279,10 +281,21 @@ def shuffled_null_scores(records: LatentRecords, *, mass: float = 0.8, threshold
                                  "probability": _null_prob(s, _token_weights(s.latent, s.tokens, expl))}))
     return pd.concat(out, ignore_index=True)
 
+def latent_aurocs(scores: pd.DataFrame, keys: Sequence[str] = ("variant", "seed", "layer", "latent", "explainer", "scorer")) -> pd.DataFrame:
+    "Per group of `keys`: AUROC of `probability` for `label` (Mann-Whitney with average ranks for ties, as roc_auc_score), n_pos and n_neg; vectorised, no loop over groups."
+    keys = list(keys); d = scores[keys + ["label", "probability"]].reset_index(drop=True)
+    if d.probability.isna().any(): raise ValueError("scores has missing probabilities: drop or count failed scorings before computing metrics")
+    rank = d.groupby(keys, sort=False, dropna=False).probability.rank(method="average")
+    pos = d.label.to_numpy() == 1
+    agg = d.assign(pos=pos.astype(np.int64), neg=(~pos).astype(np.int64), rpos=np.where(pos, rank, 0.0)).groupby(keys, sort=True, dropna=False)[["pos", "neg", "rpos"]].sum()
+    with np.errstate(divide="ignore", invalid="ignore"):
+        auc = (agg.rpos - agg.pos * (agg.pos + 1) / 2) / (agg.pos * agg.neg)
+    return agg.assign(auroc=auc.where((agg.pos > 0) & (agg.neg > 0))).rename(columns={"pos": "n_pos", "neg": "n_neg"}).reset_index()[keys + ["auroc", "n_pos", "n_neg"]]
+
 def explanation_gap(scores: pd.DataFrame, matched: str = NULL_EXPLAINER, shuffled: str = SHUFFLED_EXPLAINER,
                     by: Sequence[str] = ("variant", "scorer"), **kwargs) -> pd.DataFrame:
     "Per group of `by`: mean per-latent AUROC of the `matched` and `shuffled` explainers and their gap (what the explanation carries), with 95% intervals over latents."
-    lm = latent_metrics(scores[scores.explainer.isin([matched, shuffled])])
+    lm = latent_aurocs(scores[scores.explainer.isin([matched, shuffled])])
     wide = lm.pivot_table(index=["variant", "seed", "layer", "latent", "scorer"], columns="explainer", values="auroc", dropna=False).reset_index()
     missing = [e for e in (matched, shuffled) if e not in wide.columns]
     if missing: raise ValueError(f"scores has no rows of explainer(s) {missing}")
@@ -341,6 +354,29 @@ def kl_divergence_score(model: nn.Module, sae: nn.Module, layer: int, tokens: Te
     kl = {k: v / n for k, v in sums.items()}
     return {**kl, "kl_div_score": 1 - kl["kl_sae"] / kl["kl_zero_ablated"] if kl["kl_zero_ablated"] > 0 else float("nan"), "n_predictions": n}
 
+@torch.no_grad()
+def reconstruction_scores(model: nn.Module, sae: nn.Module, layer: int, tokens: Tensor, batch_size_chunks: int = 8, device=None,
+                          progress: bool = False) -> dict[str, float]:
+    "CE loss score (as `saes.ce_loss_score`) and KL-divergence score (as `kl_divergence_score`) from one clean, one spliced and one zero-ablated pass."
+    tokens, layer = _check_tokens(tokens), check_layers(model, [layer])[0]; check_positive_int("batch_size_chunks", batch_size_chunks)
+    if tokens.shape[1] < 2: raise ValueError(f"tokens need ctx_len >= 2 to predict a next token, got {tokens.shape[1]}")
+    dev = _prepare(model, device); sae = sae.to(dev); block = residual_layers(model)[1][layer]
+    ce = {"ce_clean": 0.0, "ce_sae": 0.0, "ce_zero_ablated": 0.0}; kl = {"kl_sae": 0.0, "kl_zero_ablated": 0.0}; n_ce = n_kl = 0
+    for s in Progress(range(0, len(tokens), batch_size_chunks), desc=f"CE and KL scores at layer {layer}", unit="batches", show=progress):
+        x = tokens[s:s + batch_size_chunks].to(dev); tgt = x[:, 1:].reshape(-1)
+        logp = F.log_softmax(model(input_ids=x, use_cache=False).logits.float(), -1); n_kl += x.numel(); n_ce += tgt.numel()
+        ce["ce_clean"] += F.nll_loss(logp[:, :-1].reshape(-1, logp.shape[-1]), tgt, reduction="sum").item()
+        for k, fn in (("sae", _splice(sae)), ("zero_ablated", torch.zeros_like)):
+            h = _replace_block_output(block, fn)
+            try: logq = F.log_softmax(model(input_ids=x, use_cache=False).logits.float(), -1)
+            finally: h.remove()
+            kl[f"kl_{k}"] += F.kl_div(logq, logp, log_target=True, reduction="sum").item()
+            ce[f"ce_{k}"] += F.nll_loss(logq[:, :-1].reshape(-1, logq.shape[-1]), tgt, reduction="sum").item()
+    ce = {k: v / n_ce for k, v in ce.items()}; kl = {k: v / n_kl for k, v in kl.items()}
+    den_ce = ce["ce_zero_ablated"] - ce["ce_clean"]
+    return {**ce, "ce_loss_score": (ce["ce_zero_ablated"] - ce["ce_sae"]) / den_ce if den_ce != 0 else float("nan"), **kl,
+            "kl_div_score": 1 - kl["kl_sae"] / kl["kl_zero_ablated"] if kl["kl_zero_ablated"] > 0 else float("nan"), "n_predictions": n_kl}
+
 # %% ../nbs/23_battery.ipynb #df4c126c
 def check_battery_params(params: Mapping[str, Mapping]) -> list[str]:
     "Check the battery stage's parameters (notebook name -> its resolved parameters) as `battery.ipynb` uses them; return notes for the log."
@@ -352,7 +388,7 @@ def check_battery_params(params: Mapping[str, Mapping]) -> list[str]:
     check_list("layers", p["layers"], check_nonneg_int); check_seed(p["seed"])
     for name in ("context_max_windows", "context_batch_size", "n_bootstrap", "kl_n_chunks", "kl_batch_size", "llm_n_test", "llm_n_negative",
                  "llm_batch_size", "llm_tensor_parallel_size", "token_list_max_tokens"): check_positive_int(name, p[name])
-    check_nonneg_int("llm_sim_latents", p["llm_sim_latents"]); check_positive_int("llm_sim_windows", p["llm_sim_windows"])
+    check_nonneg_int("context_max_latents", p["context_max_latents"])
     check_range("null_mass", p["null_mass"], 0, 1, lo_open=True); check_range("fuzz_threshold", p["fuzz_threshold"], 0, 1)
     check_range("single_token_share", p["single_token_share"], 0, 1, lo_open=True)
     check_choice("llm_client", p["llm_client"], list(LLM_CLIENTS))
@@ -368,3 +404,17 @@ def battery_latents_per_s(n_latents: int = 1000, repeats: int = 3, **record_kwar
         t = time.perf_counter(); b = battery(rec); best = min(best, time.perf_counter() - t)
     return {"battery_latents_per_s": n_latents / best, "seconds": best, "n_latents": len(b), "n_cells": int(rec.tokens.size),
             "window_len": rec.window_len, "threads": torch.get_num_threads()}
+
+# %% ../nbs/23_battery.ipynb #b1325c3d
+def context_cost(n_chunks: int = 64, n_latents: int = 20, max_windows: int = 20, layer: int = 3, batch_size_chunks: int = 64, seed: int = 0) -> dict:
+    "`context_seconds_per_latent` on a random subject and SAE of the tiny preset's sizes (4 blocks, d=128, 2,048 latents, windows of 32), for the benchmark."
+    from randsae.latents import RecordConfig, latent_records
+    from randsae.saes import SaeTrainConfig, initial_sae
+    from randsae.subjects import TinySubjectConfig, tiny_neox
+    torch.manual_seed(seed)
+    model = tiny_neox(TinySubjectConfig(hidden_size=128, n_layers=4, n_heads=4, intermediate_size=512, ctx_len=128, seed=seed), vocab_size=4096).eval()
+    sae = initial_sae(SaeTrainConfig(expansion_factor=16, k=32), 128).requires_grad_(False)
+    tokens = torch.randint(0, 4096, (n_chunks, 128), generator=torch.Generator().manual_seed(seed))
+    cfg = RecordConfig(n_latents=n_latents, window_len=32, n_train=10, n_test=10, n_negative=5, n_quantiles=5, min_examples=20, seed=seed)
+    rec = latent_records(sae, tokens, config=cfg, model=model, layer=layer)
+    return context_seconds_per_latent(model, sae, layer, rec, max_windows=max_windows, batch_size_chunks=batch_size_chunks) | {"max_windows": max_windows}

@@ -228,9 +228,11 @@ def bench_autointerp(n_latents: int = 4, n_examples: int = 12, n_generate: int =
         t0 = time.perf_counter(); cc.score_batch(prompts); first = time.perf_counter() - t0
         t0 = time.perf_counter(); cc.score_batch(prompts); again = time.perf_counter() - t0
     null = null_model_latents_per_s()
-    from randsae.battery import battery_latents_per_s
+    from randsae.battery import battery_latents_per_s, context_cost
     bat = battery_latents_per_s()   # issue 12's abstractness battery: token, bigram and position R² of 1,000 latents (target >= 500/s)
+    ctx = context_cost()   # context sensitivity: two passes of each of 20 windows per latent through a tiny-preset-sized subject
     return {"torch_threads": torch.get_num_threads(), "batched_scoring_speedup": t_generate / t_batched,
             "batched_vs_generate_max_abs_diff": diff, "batched_s_per_prompt": t_batched, "generate_s_per_prompt": t_generate,
             "cached_rerun_speedup": first / again, "first_run_s": first, "cached_rerun_s": again, "n_prompts": len(prompts),
-            "null_model_latents_per_s": null["null_model_latents_per_s"], "battery_latents_per_s": bat["battery_latents_per_s"]}
+            "null_model_latents_per_s": null["null_model_latents_per_s"], "battery_latents_per_s": bat["battery_latents_per_s"],
+            "context_seconds_per_latent": ctx["context_seconds_per_latent"], "context_seconds_per_window": ctx["context_seconds_per_window"]}
