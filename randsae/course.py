@@ -266,8 +266,8 @@ def course_dir() -> Path:
     return project_root()/"nbs"/"course"
 
 def notebook_json(nb: dict) -> str:
-    "`nb` as the project writes notebooks: JSON indented by 1, UTF-8 kept, a trailing newline."
-    return json.dumps(nb, indent=1, ensure_ascii=False) + "\n"
+    "`nb` as `nbdev-clean` writes notebooks: JSON with sorted keys, indented by 1, UTF-8 kept, a trailing newline."
+    return json.dumps(nb, indent=1, ensure_ascii=False, sort_keys=True) + "\n"
 
 def write_student_notebooks(solutions: str | Path | None = None, out: str | Path | None = None) -> list[Path]:
     "Write the student version of every solution notebook in `solutions` (default `nbs/course/solutions`) into `out` (default `nbs/course`)."
