@@ -7,12 +7,12 @@ PIP    := $(BIN)/python -m pip --disable-pip-version-check -q
 # torch first, pinned: 2.13.0 is a CPU build on this machine's disk; an unpinned torch pulls a multi-GB CUDA build.
 TORCH  := torch==2.13.0
 
-.PHONY: reproduce test lab readme docs bench export clean-venv
+.PHONY: reproduce test lab readme docs bench export clean-venv chromium
 
 reproduce: $(VENV)/.installed-base  ## the main job on the embedded offline default
 	$(BIN)/randsae reproduce --preset tiny
 
-test: $(VENV)/.installed-dev  ## nbdev-test on every notebook, then pytest (its summary line is the last word)
+test: $(VENV)/.installed-dev chromium  ## nbdev-test on every notebook, then pytest (its summary line is the last word)
 	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 HF_HUB_OFFLINE=1 $(BIN)/nbdev-test --n-workers 2
 	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 HF_HUB_OFFLINE=1 $(BIN)/python -m pytest
 
@@ -49,3 +49,10 @@ $(VENV)/.installed-dev: $(VENV)/.installed-base
 
 clean-venv:
 	rm -rf $(VENV)
+
+# The browser test of the docs site (tests/test_site.py) drives Debian's chromium: installed here when missing and we are root
+# (CI: a fresh machine as root; about 2.5 min with apt-get update); otherwise the test fails saying how to install it.
+chromium:  ## Debian's chromium for the docs site's browser test, when missing
+	@if [ ! -x /usr/bin/chromium ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; \
+	elif [ ! -x /usr/bin/chromium ]; then echo "chromium is missing: install Debian's chromium (sudo apt-get install -y chromium) or tests/test_site.py fails"; fi
