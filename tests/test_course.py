@@ -42,3 +42,22 @@ def test_nbdev_test_runs_the_solutions_and_skips_the_student_versions():
     assert set(SOLUTIONS) <= set(found), "nbdev-test does not discover nbs/course/solutions/"
     assert not [p for p in found if p.parent == course_dir()], "nbdev-test would run the student versions: nbs/course/.notest is missing"
     assert ROOT/"nbs"/"26_course.ipynb" in found
+
+
+def _names(source: str, ctx) -> set[str]:
+    import ast
+    return {n.id for n in ast.walk(ast.parse(source)) if isinstance(n, ast.Name) and isinstance(n.ctx, ctx)}
+
+
+def test_student_versions_run_like_the_solutions_outside_the_exercises():
+    "No cell reads a name that only a solution block assigns: the student version runs every cell the solutions run (checks answer 'not yet')."
+    import ast
+    from randsae.course import student_source
+    for sol in SOLUTIONS:
+        solution_only = set()
+        for c in json.loads(sol.read_text())["cells"]:
+            if c["cell_type"] != "code": continue
+            full = "".join(c["source"]); student = student_source(full)
+            bad = _names(student, ast.Load) & solution_only
+            assert not bad, f"{sol.name}: a cell reads {sorted(bad)}, which only a solution block assigns"
+            solution_only = (solution_only | _names(full, ast.Store)) - _names(student, ast.Store)
