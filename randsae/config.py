@@ -6,7 +6,7 @@ Docs: https://randsae.github.io/randsae/config.html.md"""
 
 # %% auto #0
 __all__ = ['PACKAGE_ROOT', 'MAX_INT', 'MAX_SEED', 'MAX_LIST', 'log', 'TABLE_FORMAT', 'PROGRESS_ENV', 'PROGRESS_EVERY_S', 'STAGES',
-           'L1_GRID', 'TINY_L1_GRID', 'TOY_DEFAULT', 'TOY_PAPER', 'TINY_SAE', 'TINY_INTERP', 'PAPER_INTERP',
+           'L1_GRID', 'TINY_L1_GRID', 'TOY_DEFAULT', 'TOY_PAPER', 'TINY_SAE', 'TINY_INTERP', 'PAPER_INTERP', 'TINY_RECOVERY', 'TINY_PRESERVE_AMPLIFY', 'TINY_ABLATION',
            'REAL_LM_INTERP', 'PRESETS', 'project_root', 'outputs_dir', 'experiments_dir', 'show', 'check_int',
            'check_positive_int', 'check_nonneg_int', 'check_seed', 'check_range', 'check_finite', 'check_choice',
            'check_list', 'get_device', 'seed_everything', 'release_free_memory', 'atomic_path', 'write_json',
@@ -336,6 +336,18 @@ STAGES: dict[str, Stage] = {s.name: s for s in [
           "The paper's robustness sweep (Appendix B, Fig 11): TopK SAEs over expansion factors x k for every variant on the sae stage's "
           "subject and tokens, the Fig 3 SAE metrics with 95% intervals, and whether the variants' ordering changes with R or k.",
           requires=("sae",), validator="randsae.saes:check_sweep_params"),
+    Stage("recovery", ("recovery.ipynb",),
+          "Ground-truth recovery on synthetic data (issue 11 section 2): TopK SAEs over k, the L1 sweep and the SAE-side random baselines, "
+          "MMCS, recovery at cosine 0.8/0.9 and Hungarian matching against explained variance.",
+          validator="randsae.recovery:check_recovery_params"),
+    Stage("superposition_depth", ("preserve_amplify.ipynb",),
+          "Preserve or amplify (issue 12 section 3): random MLPs and residual MLP blocks of depth 1-8 on Sharkey data and its Gaussian "
+          "control over input sparsity 1-50: the superposed-vs-Gaussian Pareto gap and the recovery of the input features from the outputs.",
+          validator="randsae.recovery:check_recovery_params"),
+    Stage("ablation", ("ablation.ipynb",),
+          "Parameter-norm ablation: SAEs on step-0 weights rescaled per tensor to the trained norms (step0_norm_matched), with the sae "
+          "stage's settings, against step-0 and the re-randomised variants: does matching the norms move step-0 toward them? (issue 11 section 4)",
+          requires=("sae",), validator="randsae.recovery:check_ablation_params"),
     Stage("models", ("models.ipynb",),
           "Fig 3 with one column per model from every run of the sae and interp stages under outputs/, and the paper's Section 3 "
           "claims tested on each model.",
@@ -397,6 +409,17 @@ TINY_INTERP = dict(n_latents=50, window_len=32, n_train=40, n_test=100, n_negati
 PAPER_INTERP = dict(n_latents=100, window_len=32, n_train=40, n_test=100, n_negative=50, n_quantiles=10, min_examples=200, train_type="random",
                     cache_n_tokens=10_000_000, llm_client="vllm", llm_latents_per_sae=100, llm_n_train=40, llm_n_test=50, llm_n_negative=50)
 
+# Ground-truth recovery (issue 11 section 2) and preserve-or-amplify (issue 12 section 3), sized to run in minutes on 2 cores.
+TINY_RECOVERY = dict(n_seeds=3, generators=["independent", "correlated"], n_samples=10_000, n_inputs=128, n_features=256, avg_active=5.0,
+                     n_latents=256, ks=[2, 5, 10, 20, 40], baselines=["frozen_decoder", "soft_frozen_decoder", "frozen_encoder"], baseline_ks=[5, 20],
+                     topk_n_epochs=8, topk_batch_size=128, l1_coefficients=[1e-3, 1e-2, 0.0316, 0.1, 0.316, 1.0], l1_n_epochs=8, l1_batch_size=128)
+TINY_PRESERVE_AMPLIFY = dict(n_seeds=3, n_samples=2000, n_inputs=32, n_features=64, avg_actives=[1.0, 5.0, 20.0, 50.0], depths=[1, 2, 4, 8],
+                             architectures=["plain", "residual"], l1_coefficients=[0.01, 0.0316, 0.1, 0.316], n_epochs=8, batch_size=128)
+# Parameter-norm ablation (issue 11 section 4): the null model with the interp stage's sampling on half its latent cache (5 models x 3 seeds
+# pass over it), the CE loss score on 16k held-out tokens, on the sae stage's subject, tokens and SAE settings.
+TINY_ABLATION = dict(n_latents=50, window_len=32, n_train=40, n_test=100, n_negative=50, n_quantiles=10, min_examples=140, cache_n_tokens=131_072,
+                     ce_n_tokens=16_384)
+
 def pythia_sae(size: str) -> dict[str, Any]:
     "Parameters of the `sae` stage for Pythia-`size` (the paper's settings)."
     return dict(subject=f"pythia-{size}", ctx_len=2048, sae_expansion_factor=64, sae_k=32, sae_n_tokens=100_000_000,
@@ -429,6 +452,8 @@ PRESETS: dict[str, Preset] = {p.name: p for p in [
     Preset("tiny", "Embedded offline default: toy models at reduced size, and the transformer pipeline on a tiny GPTNeoX trained here.",
            {"toy": StageRun("toy", TOY_DEFAULT), "sae": StageRun("tiny", TINY_SAE), "interp": StageRun("tiny", TINY_INTERP),
             "baselines": StageRun("tiny-baselines", TINY_BASELINES), "sweep": StageRun("tiny-sweep", TINY_SWEEP),
+            "recovery": StageRun("recovery", TINY_RECOVERY),
+            "superposition_depth": StageRun("superposition_depth", TINY_PRESERVE_AMPLIFY), "ablation": StageRun("ablation", TINY_ABLATION),
             "models": StageRun("models"), "ledger": StageRun("ledger")}),
     *[Preset(name, f"{title} loaded offline from PyPI archives, on a CPU budget: the sae and interp stages (run the tiny preset's "
              f"models stage afterwards for the cross-model Fig 3).", {"sae": StageRun(name, real_lm_sae(name)), "interp": StageRun(name, REAL_LM_INTERP)})
