@@ -7,7 +7,7 @@ Docs: https://randsae.github.io/randsae/config.html.md"""
 # %% auto #0
 __all__ = ['PACKAGE_ROOT', 'MAX_INT', 'MAX_SEED', 'MAX_LIST', 'log', 'TABLE_FORMAT', 'PROGRESS_ENV', 'PROGRESS_EVERY_S', 'STAGES',
            'L1_GRID', 'TINY_L1_GRID', 'TOY_DEFAULT', 'TOY_PAPER', 'TINY_SAE', 'TINY_INTERP', 'PAPER_INTERP', 'TINY_RECOVERY', 'TINY_PRESERVE_AMPLIFY', 'TINY_ABLATION',
-           'REAL_LM_INTERP', 'PRESETS', 'project_root', 'outputs_dir', 'experiments_dir', 'show', 'check_int',
+           'REAL_LM_INTERP', 'TINY_BATTERY', 'PRESETS', 'project_root', 'outputs_dir', 'experiments_dir', 'show', 'check_int',
            'check_positive_int', 'check_nonneg_int', 'check_seed', 'check_range', 'check_finite', 'check_choice',
            'check_list', 'get_device', 'seed_everything', 'release_free_memory', 'atomic_path', 'write_json',
            'replace_dir', 'file_sha256', 'write_table', 'params_hash', 'files_record', 'files_problem', 'cache_damaged',
@@ -353,6 +353,11 @@ STAGES: dict[str, Stage] = {s.name: s for s in [
           "claims tested on each model.",
           inputs=("*/sae_pipeline_summary.json", "*/tables/sae_metrics_by_*.parquet", "*/tables/autointerp_by_*.parquet",
                   "*/tables/entropy_by_layer.parquet")),   # the tables randsae.compare.TABLES reads
+    Stage("battery", ("battery.ipynb",),
+          "What the metrics miss (issue 12): an abstractness battery per latent (token, previous-token, bigram and position R², context "
+          "sensitivity through the subject, single-token prevalence, the paper's entropy) per layer and variant with verdicts on "
+          "pre-declared predictions, and controls for the scorers (shuffled and token-list explanations, a null simulator, the KL score).",
+          requires=("sae", "interp"), validator="randsae.battery:check_battery_params"),
     Stage("ledger", ("ledger.ipynb",),
           "The claims ledger: each claim of the paper (and of Korznikov et al. where randsae tests it) checked on every run under outputs/ "
           "with criteria fixed in advance (randsae.ledger): supported / not supported / not measured, with the numbers and intervals.",
@@ -448,12 +453,16 @@ TINY_SWEEP = dict(seeds=[0, 1], layers=[2], expansion_factors=[16, 32, 64, 128],
 # The paper's sweep (Appendix B): Pythia-160M, every layer, expansion factors 16-128 x k 16, 32, the sae stage's 100M tokens, one seed.
 PYTHIA_160M_SWEEP = dict(seeds=[0], layers=[], expansion_factors=[16, 32, 64, 128], ks=[16, 32], sae_n_tokens=0, heldout_n_tokens=0, ce_n_tokens=262_144)
 
+# The battery stage reads the interp stage's records and LLM explanations and scores the LLM controls on the same examples.
+TINY_BATTERY = dict(llm_client=TINY_INTERP["llm_client"], llm_n_test=TINY_INTERP["llm_n_test"], llm_n_negative=TINY_INTERP["llm_n_negative"])
+
 PRESETS: dict[str, Preset] = {p.name: p for p in [
     Preset("tiny", "Embedded offline default: toy models at reduced size, and the transformer pipeline on a tiny GPTNeoX trained here.",
            {"toy": StageRun("toy", TOY_DEFAULT), "sae": StageRun("tiny", TINY_SAE), "interp": StageRun("tiny", TINY_INTERP),
             "baselines": StageRun("tiny-baselines", TINY_BASELINES), "sweep": StageRun("tiny-sweep", TINY_SWEEP),
             "recovery": StageRun("recovery", TINY_RECOVERY),
             "superposition_depth": StageRun("superposition_depth", TINY_PRESERVE_AMPLIFY), "ablation": StageRun("ablation", TINY_ABLATION),
+            "battery": StageRun("tiny", TINY_BATTERY),
             "models": StageRun("models"), "ledger": StageRun("ledger")}),
     *[Preset(name, f"{title} loaded offline from PyPI archives, on a CPU budget: the sae and interp stages (run the tiny preset's "
              f"models stage afterwards for the cross-model Fig 3).", {"sae": StageRun(name, real_lm_sae(name)), "interp": StageRun(name, REAL_LM_INTERP)})
