@@ -6,13 +6,14 @@ Docs: https://randsae.github.io/randsae/config.html.md"""
 
 # %% auto #0
 __all__ = ['PACKAGE_ROOT', 'MAX_INT', 'MAX_SEED', 'MAX_LIST', 'log', 'TABLE_FORMAT', 'PROGRESS_ENV', 'PROGRESS_EVERY_S', 'STAGES',
-           'L1_GRID', 'TINY_L1_GRID', 'TOY_DEFAULT', 'TOY_PAPER', 'TINY_SAE', 'TINY_INTERP', 'PAPER_INTERP', 'TINY_RECOVERY', 'TINY_PRESERVE_AMPLIFY', 'TINY_ABLATION',
-           'REAL_LM_INTERP', 'TINY_BATTERY', 'PRESETS', 'project_root', 'outputs_dir', 'experiments_dir', 'show', 'check_int',
-           'check_positive_int', 'check_nonneg_int', 'check_seed', 'check_range', 'check_finite', 'check_choice',
-           'check_list', 'get_device', 'seed_everything', 'release_free_memory', 'atomic_path', 'write_json',
-           'replace_dir', 'file_sha256', 'write_table', 'params_hash', 'files_record', 'files_problem', 'cache_damaged',
-           'check_cache', 'cached_table', 'Progress', 'Stage', 'StageRun', 'Preset', 'pythia_sae', 'real_lm_sae',
-           'get_preset']
+           'L1_GRID', 'TINY_L1_GRID', 'TOY_DEFAULT', 'TOY_PAPER', 'TINY_SAE', 'TINY_INTERP', 'PAPER_INTERP',
+           'TINY_RECOVERY', 'TINY_PRESERVE_AMPLIFY', 'TINY_ABLATION', 'REAL_LM_INTERP', 'TINY_BASELINES', 'TINY_SWEEP',
+           'PYTHIA_160M_SWEEP', 'TINY_BATTERY', 'PRESETS', 'project_root', 'outputs_dir', 'experiments_dir', 'show',
+           'check_int', 'check_positive_int', 'check_nonneg_int', 'check_seed', 'check_range', 'check_finite',
+           'check_choice', 'check_list', 'get_device', 'seed_everything', 'release_free_memory', 'atomic_path',
+           'write_json', 'replace_dir', 'file_sha256', 'write_table', 'params_hash', 'files_record', 'files_problem',
+           'cache_damaged', 'check_cache', 'cached_table', 'Progress', 'Stage', 'StageRun', 'Preset', 'pythia_sae',
+           'real_lm_sae', 'get_preset']
 
 # %% ../nbs/00_config.ipynb #d520e8b0
 import hashlib, json, logging, os, random, shutil, tempfile
@@ -459,10 +460,10 @@ TINY_BATTERY = dict(llm_client=TINY_INTERP["llm_client"], llm_n_test=TINY_INTERP
 PRESETS: dict[str, Preset] = {p.name: p for p in [
     Preset("tiny", "Embedded offline default: toy models at reduced size, and the transformer pipeline on a tiny GPTNeoX trained here.",
            {"toy": StageRun("toy", TOY_DEFAULT), "sae": StageRun("tiny", TINY_SAE), "interp": StageRun("tiny", TINY_INTERP),
+            "battery": StageRun("tiny", TINY_BATTERY),
             "baselines": StageRun("tiny-baselines", TINY_BASELINES), "sweep": StageRun("tiny-sweep", TINY_SWEEP),
             "recovery": StageRun("recovery", TINY_RECOVERY),
             "superposition_depth": StageRun("superposition_depth", TINY_PRESERVE_AMPLIFY), "ablation": StageRun("ablation", TINY_ABLATION),
-            "battery": StageRun("tiny", TINY_BATTERY),
             "models": StageRun("models"), "ledger": StageRun("ledger")}),
     *[Preset(name, f"{title} loaded offline from PyPI archives, on a CPU budget: the sae and interp stages (run the tiny preset's "
              f"models stage afterwards for the cross-model Fig 3).", {"sae": StageRun(name, real_lm_sae(name)), "interp": StageRun(name, REAL_LM_INTERP)})
