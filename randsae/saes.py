@@ -124,9 +124,12 @@ def project_to_cone(w: Tensor, w0: Tensor, min_cos: float) -> Tensor:
     bad = ((a < min_cos * n) | (n <= 1e-12)).nonzero().squeeze(-1)   # cos < min_cos, without dividing; a zero row counts as outside
     if not len(bad): return w
     wb, w0b = w[bad], w0[bad]
-    perp = wb - a[bad, None] * w0b; b = perp.norm(dim=-1, keepdim=True)
+    perp = wb - a[bad, None] * w0b
+    perp = perp - torch.linalg.vecdot(perp, w0b)[:, None] * w0b   # a second pass: the residual of a near-antiparallel row is rounding noise
+    b = perp.norm(dim=-1, keepdim=True)
     proj = min_cos * w0b + math.sqrt(1 - min_cos**2) * perp / b.clamp_min(1e-12)
-    w[bad] = torch.where(b > 1e-12, proj, w0b)   # antiparallel (or zero) rows: back to the initial direction
+    # antiparallel (or zero) rows, whose perpendicular part is rounding noise (relative to the row's norm): back to the initial direction
+    w[bad] = torch.where(b > 1e-4 * n[bad, None], proj, w0b)
     return w
 
 def apply_baseline(sae: Sae, baseline: str, min_cos: float = 0.8) -> Sae:
