@@ -315,15 +315,15 @@ class Run:
 
 BASELINES_SUMMARY = "baselines_summary.json"
 
-def baseline_grids(root: str | Path) -> dict[Path, Path]:
-    "sae stage folder -> the `sae_baseline_grid` table of the finished baselines run that read it (its `run.json` names it; the newest when several did)."
+def baseline_grids(root: str | Path) -> dict[str, Path]:
+    "sae stage folder name -> the `sae_baseline_grid` table of the finished baselines run that read it (its `run.json` names it; the newest when several did)."
     out = {}
     for p in sorted(Path(root).glob("*/tables/sae_baseline_grid.parquet"), key=lambda p: p.stat().st_mtime):
         folder = p.parent.parent
         if not (folder/BASELINES_SUMMARY).exists(): continue   # a half-written run
         try: sae = json.loads((folder/"run.json").read_text())["notebooks"]["baselines.ipynb"]["sae_dir"]
         except (OSError, KeyError, TypeError, json.JSONDecodeError): continue
-        out[Path(sae).resolve()] = p
+        out[Path(sae).name] = p   # by name: a clone elsewhere, or a moved outputs/ tree, still finds it
     return out
 
 def find_ledger_runs(root: str | Path) -> list[Run]:
@@ -337,7 +337,7 @@ def find_ledger_runs(root: str | Path) -> list[Run]:
             if interp is not None and not (interp/INTERP_SUMMARY).exists(): interp = None
             tabs = load_tables(d, interp)
             if interp is None: tabs = {k: v for k, v in tabs.items() if not k.startswith(("autointerp", "entropy"))}   # half-written interp tables
-            if (g := grids.get(d.resolve())) is not None: tabs["sae_baseline_grid"] = pd.read_parquet(g)
+            if (g := grids.get(d.name)) is not None: tabs["sae_baseline_grid"] = pd.read_parquet(g)
             runs.append(Run(d.name, "transformer", tabs, interp=interp.name if interp is not None else ""))
         elif expected.get(d.name) == "transformer":
             runs.append(Run(d.name, "transformer", {}, not_run=f"no {SAE_SUMMARY} in {d.name}/: the sae stage has not finished"))
