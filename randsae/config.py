@@ -365,7 +365,7 @@ STAGES: dict[str, Stage] = {s.name: s for s in [
           inputs=("*/sae_pipeline_summary.json", "*/autointerp_summary.json", "*/toy_superposition_summary.json", "*/toy_glove_summary.json",
                   "*/tables/sae_metrics_by_*.parquet", "*/tables/autointerp_by_*.parquet", "*/tables/entropy_by_layer.parquet",
                   "*/tables/fig05_mmcs_intervals.parquet", "*/tables/toy_gap_summary.parquet", "*/tables/glove_gap_summary.parquet",
-                  "*/tables/sae_baseline_grid.parquet")),   # what randsae.ledger reads
+                  "*/tables/sae_baseline_grid.parquet", "*/recovery_summary.json", "*/tables/recovery_intervals.parquet")),   # what randsae.ledger reads
 ]}
 
 @dataclass(frozen=True)

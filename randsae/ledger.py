@@ -6,12 +6,13 @@ Docs: https://randsae.github.io/randsae/ledger.html.md"""
 
 # %% auto #0
 __all__ = ['CLAIMS_VERSION', 'SUPPORTED', 'NOT_SUPPORTED', 'NOT_MEASURED', 'NOT_RUN', 'VERDICTS', 'HEAP', 'KORZNIKOV', 'KINDS',
-           'FROM_COMPARE', 'OTHERS', 'GAP_MEASURES', 'MMCS_RECOVERED', 'FROZEN_KINDS', 'CLAIMS', 'SAE_SUMMARY',
-           'INTERP_SUMMARY', 'TOY_SUMMARY', 'GLOVE_SUMMARY', 'TOY_TABLES', 'BASELINES_SUMMARY', 'LEDGER_COLUMNS',
-           'Verdict', 'Claim', 'check_auroc_above_control', 'check_control_reconstruction_lower', 'check_control_depth',
-           'check_entropy_order', 'check_trained_entropy_rises', 'check_goldilocks_zone', 'check_toy_recovery',
-           'check_superposed_dominates', 'check_mlp_narrows_gap', 'check_glove_gap_smaller',
-           'check_frozen_baselines_match', 'Run', 'baseline_grids', 'find_ledger_runs', 'ledger', 'ledger_table',
+           'FROM_COMPARE', 'OTHERS', 'GAP_MEASURES', 'MMCS_RECOVERED', 'FROZEN_KINDS', 'HIGH_EV', 'FEW_RECOVERED',
+           'CLAIMS', 'SAE_SUMMARY', 'INTERP_SUMMARY', 'TOY_SUMMARY', 'GLOVE_SUMMARY', 'TOY_TABLES', 'BASELINES_SUMMARY',
+           'RECOVERY_SUMMARY', 'LEDGER_COLUMNS', 'Verdict', 'Claim', 'check_auroc_above_control',
+           'check_control_reconstruction_lower', 'check_control_depth', 'check_entropy_order',
+           'check_trained_entropy_rises', 'check_goldilocks_zone', 'check_toy_recovery', 'check_superposed_dominates',
+           'check_mlp_narrows_gap', 'check_glove_gap_smaller', 'check_frozen_baselines_match',
+           'check_synthetic_recovery_low', 'Run', 'baseline_grids', 'find_ledger_runs', 'ledger', 'ledger_table',
            'ledger_markdown', 'readme_ledger']
 
 # %% ../nbs/24_ledger.ipynb #0b189469
@@ -27,7 +28,7 @@ from .compare import CLAIMS as COMPARE_CLAIMS, RANDOM_VARIANTS, check_claims, fi
 from .stats import compare_intervals, fmt_interval
 
 # %% ../nbs/24_ledger.ipynb #6320f470
-CLAIMS_VERSION = 2   # bump whenever a criterion changes; every ledger row records it (2: frozen_baselines_match gets its criterion)
+CLAIMS_VERSION = 3   # bump whenever a criterion changes; every ledger row records it (2: frozen_baselines_match gets its criterion; 3: synthetic_recovery_low)
 
 SUPPORTED, NOT_SUPPORTED, NOT_MEASURED, NOT_RUN = "supported", "not supported", "not measured", "not run"
 VERDICTS = (SUPPORTED, NOT_SUPPORTED, NOT_MEASURED)
@@ -231,6 +232,20 @@ def check_frozen_baselines_match(tables) -> Verdict:
         out.append(_cmp(r, ref, "auroc_null")); ev.append(f"{k.replace('_', ' ')} {_f(r, 'auroc_null')}")
     return _all(out, "indistinguishable", "trained model, null-model fuzzing AUROC (95% bootstrap intervals over latents): " + "; ".join(ev))
 
+HIGH_EV, FEW_RECOVERED = 0.70, 0.25   # Korznikov et al.'s "high" explained variance (their 71%) and "few" features (their 9%), fixed before any recovery number was read
+
+def check_synthetic_recovery_low(tables) -> Verdict:
+    "Independent generator, ordinary TopK SAEs: some setting with mean EV >= HIGH_EV has recovery@0.8 upper bound <= FEW_RECOVERED."
+    t = tables["recovery_intervals"]; t = t[(t.generator == "independent") & (t.family == "TopK") & (t.kind == "none")]
+    high = t[t.explained_variance >= HIGH_EV].sort_values("k")
+    if high.empty: return Verdict(NOT_MEASURED, f"no ordinary TopK setting on the independent generator reaches mean EV {HIGH_EV}")
+    if high["recovery_0.8_hi"].isna().any(): return Verdict(NOT_MEASURED, "recovery@0.8 has no interval (one seed?)")
+    ev = "; ".join(f"{r.setting}: EV {_f(r, 'explained_variance')}, recovery@0.8 {_f(r, 'recovery_0.8')}" for _, r in high.iterrows())
+    low = high[high["recovery_0.8_hi"] <= FEW_RECOVERED]
+    if len(low): return Verdict(SUPPORTED, f"{', '.join(low.setting)} reach EV >= {HIGH_EV} with recovery@0.8 at most {FEW_RECOVERED} ({ev})")
+    if (high["recovery_0.8_lo"] > FEW_RECOVERED).all(): return Verdict(NOT_SUPPORTED, f"every setting with EV >= {HIGH_EV} recovers more than {FEW_RECOVERED} ({ev})")
+    return Verdict(NOT_MEASURED, f"inconclusive: the recovery intervals straddle {FEW_RECOVERED} ({ev})")
+
 # %% ../nbs/24_ledger.ipynb #2e32c4b5
 _FIG3 = ("sae_metrics_by_variant", "autointerp_by_variant", "entropy_by_layer")   # the tables compare.check_claims reads
 _RAND = "the randomised variants (re-randomised incl./excl. embeddings, step-0)"
@@ -285,9 +300,10 @@ CLAIMS: dict[str, Claim] = {c.id: c for c in [
           "normalised scale: GloVe's times-sparser interval over its Gaussian control lies wholly below the toy inputs' gap, for every dictionary size, measure and explained variance both reached",
           check_glove_gap_smaller, ("toy_gap_summary", "glove_gap_summary"), kind="toy", missing_why="the toy_glove notebook has not finished in this run"),
     Claim("synthetic_recovery_low", KORZNIKOV, "On synthetic data SAEs recover few of the true features (9%) at a high explained variance (71%)",
-          "(no criterion yet: written with the recovery stage's table when issue 11 section 2 lands)",
-          _not_yet("the recovery sweep is present"), ("recovery_sweep",), kind="toy",
-          missing_why="no stage runs randsae.recovery's sweep yet (issue 11 section 2)"),
+          "the recovery stage, independent-features generator, ordinary TopK SAEs: some k reaches mean explained variance >= 0.70 with the "
+          "upper bound of its recovery rate at cosine >= 0.8 (95% over seeds) at most 0.25; not supported if every such k recovers more than 0.25",
+          check_synthetic_recovery_low, ("recovery_intervals",), kind="toy",
+          missing_why="the recovery stage has not run (randsae reproduce --stages recovery)"),
 ]}
 
 # %% ../nbs/24_ledger.ipynb #caa409ec
@@ -314,6 +330,7 @@ class Run:
     interp: str = ""    # the interp folder's name, when the interp stage has run
 
 BASELINES_SUMMARY = "baselines_summary.json"
+RECOVERY_SUMMARY = "recovery_summary.json"   # written last by the recovery stage: its tables are whole
 
 def baseline_grids(root: str | Path) -> dict[str, Path]:
     "sae stage folder name -> the `sae_baseline_grid` table of the finished baselines run that read it (its `run.json` names it; the newest when several did)."
@@ -331,6 +348,8 @@ def find_ledger_runs(root: str | Path) -> list[Run]:
     root = Path(root); runs = []; expected = _preset_folders()
     sae_runs = {sae.resolve(): interp for sae, interp in find_runs(root).values()} if root.is_dir() else {}
     grids = baseline_grids(root) if root.is_dir() else {}
+    recovery = max((p for p in root.glob("*/tables/recovery_intervals.parquet") if (p.parent.parent/RECOVERY_SUMMARY).exists()),
+                   key=lambda p: p.stat().st_mtime, default=None) if root.is_dir() else None
     for d in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")) if root.is_dir() else []:
         if (d/SAE_SUMMARY).exists():
             interp = sae_runs.get(d.resolve())
@@ -342,8 +361,9 @@ def find_ledger_runs(root: str | Path) -> list[Run]:
         elif expected.get(d.name) == "transformer":
             runs.append(Run(d.name, "transformer", {}, not_run=f"no {SAE_SUMMARY} in {d.name}/: the sae stage has not finished"))
         if (d/TOY_SUMMARY).exists() or (d/GLOVE_SUMMARY).exists():
-            runs.append(Run(d.name, "toy", {t: pd.read_parquet(d/"tables"/f"{t}.parquet") for t, s in TOY_TABLES.items()
-                                            if (d/s).exists() and (d/"tables"/f"{t}.parquet").exists()}))
+            tabs = {t: pd.read_parquet(d/"tables"/f"{t}.parquet") for t, s in TOY_TABLES.items() if (d/s).exists() and (d/"tables"/f"{t}.parquet").exists()}
+            if recovery is not None: tabs["recovery_intervals"] = pd.read_parquet(recovery)   # the recovery stage's own folder (synthetic data)
+            runs.append(Run(d.name, "toy", tabs))
         elif expected.get(d.name) == "toy":
             runs.append(Run(d.name, "toy", {}, not_run=f"no {TOY_SUMMARY} in {d.name}/: the toy stage has not finished"))
     return sorted(runs, key=lambda r: (KINDS.index(r.kind), r.name))
