@@ -43,35 +43,55 @@ def leftovers(root: Path) -> list[Path]:
     return [p for g in LEFTOVER_GLOBS for p in root.rglob(g)]
 
 
-def kill_at_random_points(args, outputs: Path, seconds: float, n_kills: int, seed: int) -> list[float]:
-    """Run `randsae *args` and SIGKILL it at `n_kills` seeded random moments of an uninterrupted run of `seconds`; return them.
-    Each rerun resumes, so it is killed after the time between two moments (plus its start-up); a rerun that finishes first ends
-    the series. The last kill spares the kernel (only the runner dies) to check that an orphaned kernel writes nothing stale."""
-    points = sorted(np.random.default_rng(seed).uniform(0.1 * seconds, 0.9 * seconds, n_kills).round(1).tolist())
-    killed, prev = [], 0.0
-    for i, t in enumerate(points):
-        proc = start_cli(*args, outputs=outputs); time.sleep(t - prev + (3 if i else 0)); prev = t
+def progress_timeline(reference: Path) -> list[tuple[float, Path]]:
+    "The files an uninterrupted run left under `reference`, as (seconds after its first file, relative path), oldest first."
+    left = set(leftovers(reference))
+    files = sorted((p.stat().st_mtime, p.relative_to(reference)) for p in reference.rglob("*") if p.is_file() and p not in left)
+    return [(t - files[0][0], rel) for t, rel in files]
+
+
+def kill_at_random_points(args, outputs: Path, timeline: list[tuple[float, Path]], n_kills: int, seed: int, timeout: float = 1800) -> list[Path]:
+    """Run `randsae *args` and SIGKILL it at `n_kills` seeded random points of its progress; return the files each kill followed.
+
+    A point is a file of an uninterrupted reference run's `timeline` (`progress_timeline`, taken right after it ended) (drawn from the middle 80% of its timeline) plus a seeded share of
+    the time to the reference's next file: the run is killed once every file the reference had written by then exists, and
+    that share of the gap later. Progress, not wall seconds, because a reference run pays one-off costs (a cold LLM
+    conversion, caches) that its reruns do not, and the machine's load changes every run's speed. Each rerun resumes; a
+    rerun that finishes first ends the series. The last kill spares the kernel (only the runner dies) to check that an
+    orphaned kernel writes nothing stale."""
+    rng = np.random.default_rng(seed)
+    lo, hi = int(0.1 * len(timeline)), max(int(0.1 * len(timeline)) + n_kills, int(0.9 * len(timeline)))
+    idx = sorted(rng.choice(np.arange(lo, min(hi, len(timeline) - 1)), size=n_kills, replace=False).tolist())
+    killed = []
+    for i, j in enumerate(idx):
+        (t, rel), t_next = timeline[j], timeline[j + 1][0]
+        wanted = [r for _, r in timeline[:j + 1]]
+        proc = start_cli(*args, outputs=outputs); deadline = time.monotonic() + timeout
+        while proc.poll() is None and not all((outputs/r).exists() for r in wanted):
+            assert time.monotonic() < deadline, f"the run never reached {rel} within {timeout} s"
+            time.sleep(0.2)
+        if proc.poll() is None: time.sleep(float(rng.uniform(0, 0.9)) * (t_next - t))
         if proc.poll() is not None:
             assert proc.returncode == 0, proc.stderr.read()[-2000:]
             break
-        kill(proc, whole_tree=i < n_kills - 1); killed.append(t)
+        kill(proc, whole_tree=i < n_kills - 1); killed.append(rel)
     assert killed, "no run was killed"
     return killed
 
 
 @pytest.fixture(scope="module")
 def toy_reference(tmp_path_factory):
-    "The toy stage run once, uninterrupted, at test sizes: (args, outputs root, seconds)."
+    "The toy stage run once, uninterrupted, at test sizes: (args, outputs root, its progress timeline)."
     root = tmp_path_factory.mktemp("toy_ref"); p = root/"params.yaml"; p.write_text(yaml.safe_dump(TINY_TOY))
     args = ["reproduce", "--preset", "tiny", "--stages", "toy", "--params", p, "--no-progress"]
-    t0 = time.perf_counter(); ref = run_cli(*args, outputs=root/"out"); seconds = time.perf_counter() - t0
+    ref = run_cli(*args, outputs=root/"out")
     assert ref.returncode == 0, ref.stderr[-3000:]
-    return args, root/"out", seconds
+    return args, root/"out", progress_timeline(root/"out")
 
 
 def test_toy_stage_killed_anywhere_resumes_to_the_same_tables(toy_reference, tmp_path):
-    args, ref, seconds = toy_reference
-    points = kill_at_random_points(args, tmp_path, seconds, n_kills=3, seed=14)
+    args, ref, timeline = toy_reference
+    points = kill_at_random_points(args, tmp_path, timeline, n_kills=3, seed=14)
     r = run_cli(*args, outputs=tmp_path)
     assert r.returncode == 0, (points, r.stderr[-3000:])
     assert_same_tables(tmp_path, ref)

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from conftest import run_cli
-from test_faults import assert_same_tables, kill_at_random_points, leftovers
+from test_faults import assert_same_tables, kill_at_random_points, leftovers, progress_timeline
 
 TINY_SAE = ["--set", "subject_max_tokens=20000", "--set", "sae_n_tokens=8192", "--set", "heldout_max_tokens=2048",
             "--set", "sae_expansion_factor=4", "--set", "sae_k=8", "--set", "seeds=[0, 1]", "--set", "latent_cache_max_tokens=16384",
@@ -26,11 +26,12 @@ ARGS = ["reproduce", "--preset", "tiny", "--stages", "sae,interp", "--no-progres
 
 @pytest.fixture(scope="module")
 def pipeline_run(tmp_path_factory):
-    "One uninterrupted run of the sae and interp stages at tiny sizes, shared by the tests of this module: (outputs root, seconds)."
-    root = tmp_path_factory.mktemp("pipeline"); t0 = time.perf_counter()
+    """One uninterrupted run of the sae and interp stages at tiny sizes, shared by the tests of this module: (outputs root, its
+    progress timeline, taken before other tests add to the folder)."""
+    root = tmp_path_factory.mktemp("pipeline")
     r = run_cli(*ARGS, outputs=root, timeout=900)
     assert r.returncode == 0, r.stderr[-3000:]
-    return root, time.perf_counter() - t0
+    return root, progress_timeline(root)
 
 
 def test_sae_and_interp_stages_end_to_end(pipeline_run):
@@ -100,8 +101,8 @@ def test_sae_and_interp_stages_end_to_end(pipeline_run):
 
 def test_sae_and_interp_killed_anywhere_resume_to_the_same_tables(pipeline_run, tmp_path):
     "SIGKILLed at seeded random points (subject training, SAE training, evaluation, records, LLM scoring), the rerun ends with the same tables."
-    ref, seconds = pipeline_run
-    points = kill_at_random_points(ARGS, tmp_path, seconds, n_kills=3, seed=9)
+    ref, timeline = pipeline_run
+    points = kill_at_random_points(ARGS, tmp_path, timeline, n_kills=3, seed=9)
     r = run_cli(*ARGS, outputs=tmp_path, timeout=900)
     assert r.returncode == 0, (points, r.stderr[-3000:])
     outs = [d for d in tmp_path.iterdir() if (d/"tables").is_dir()]
