@@ -376,5 +376,7 @@ def build_site(site_dir: str | Path | None = None, outputs: str | Path | None = 
         if r.returncode != 0:
             raise RuntimeError(f"mkdocs build failed (exit {r.returncode}); is the dev extra installed (mkdocs-material, mkdocs-jupyter)? "
                                f"{(r.stderr or r.stdout)[-1500:]}")
+        # raw HTML pages (the feature cards) make the browser fetch /favicon.ico: serve the theme's icon there, not a 404
+        if (icon := built/"assets"/"images"/"favicon.png").exists(): shutil.copy(icon, built/"favicon.ico")
         replace_dir(built, site)
     return site

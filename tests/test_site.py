@@ -60,10 +60,7 @@ class PageProblems:
         self.context = browser.new_context(viewport={"width": 1280, "height": 900})
         self.context.set_default_timeout(PAGE_TIMEOUT_MS)
         self.page = self.context.new_page()
-        # "Failed to load resource" is also logged for Chromium's own /favicon.ico fetch on raw HTML pages, which no response event
-        # shows; a page's real failed loads are caught with their URLs by the response and requestfailed handlers below
-        self.page.on("console", lambda m: m.type == "error" and not m.text.startswith("Failed to load resource")
-                     and self.problems.append(f"console error: {m.text}"))
+        self.page.on("console", lambda m: m.type == "error" and self.problems.append(f"console error: {m.text}"))
         self.page.on("pageerror", lambda e: self.problems.append(f"page error: {e}"))
         self.page.on("requestfailed", self._failed)
         self.page.on("response", lambda r: r.status >= 400 and self.problems.append(f"HTTP {r.status}: {r.url}"))
