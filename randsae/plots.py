@@ -35,10 +35,12 @@ def color_scale(palette: dict[str, str], present: Sequence[str] | None = None) -
     return alt.Scale(domain=names, range=[palette[n] for n in names])
 
 # %% ../nbs/04_plots.ipynb #fa29589d
-FIGURE_FORMATS = ("png", "svg", "html")
+# vl.json: the chart's Vega-Lite spec with its data, a few kB: committed beside the PNG, it makes the docs site's chart
+# interactive (the html copy embeds the whole vega bundle, 1 MB, and is not committed)
+FIGURE_FORMATS = ("png", "svg", "html", "vl.json")
 
 def save_chart(chart: alt.TopLevelMixin, fig_dir: str | Path, name: str, formats: Sequence[str] = FIGURE_FORMATS, scale_factor: float = 2.0) -> list[Path]:
-    "Save `chart` as `fig_dir/name.{png,svg,html}` atomically; return the paths."
+    "Save `chart` as `fig_dir/name.{png,svg,html,vl.json}` atomically; return the paths."
     bad = [f for f in formats if f not in FIGURE_FORMATS]
     if bad: raise ValueError(f"formats must be among {FIGURE_FORMATS}, got {bad}")
     paths = []
@@ -46,7 +48,7 @@ def save_chart(chart: alt.TopLevelMixin, fig_dir: str | Path, name: str, formats
         path = Path(fig_dir)/f"{name}.{fmt}"
         with atomic_path(path) as tmp:
             kw = {"scale_factor": scale_factor} if fmt == "png" else ({"inline": True} if fmt == "html" else {})
-            chart.save(str(tmp), format=fmt, **kw)
+            chart.save(str(tmp), format="json" if fmt == "vl.json" else fmt, **kw)
         paths.append(path)
     return paths
 
