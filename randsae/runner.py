@@ -11,7 +11,7 @@ __all__ = ['log', 'PRODUCT_SHA256_MAX_BYTES', 'LOCAL_BASE_PRESETS', 'LOCAL_SAE',
            'describe_architecture', 'check_sae_params', 'check_interp_params', 'check_stage', 'run_dir_name',
            'products_record', 'products_problem', 'NotebookRun', 'plan_runs', 'subject_preset', 'FolderLocked',
            'folder_lock', 'remove_stale_temporaries', 'lock_runs', 'progress_line', 'ProgressTail', 'NotebookFailed',
-           'DiskFull', 'folder_mb', 'disk_full', 'provenance', 'execute_run', 'reproduce']
+           'DiskFull', 'folder_mb', 'disk_full', 'provenance', 'execute_run', 'reproduce', 'run_record']
 
 # %% ../nbs/05_runner.ipynb #b1b2700c
 import ast, errno, json, logging, os, platform, re, subprocess, sys, time
@@ -700,11 +700,25 @@ def reproduce(preset: str | Preset, stages: Sequence[str] | None = None, overrid
     return runs
 
 def _execute_locked(p: Preset, runs: list[NotebookRun], overrides, force: bool, progress: bool) -> None:
+    executed = set()
     for run in runs:
         t0 = time.perf_counter()
-        ran = execute_run(run, force=force, progress=progress)
-        log.info("%s %s in %.0fs", "ran" if ran else "skipped", run.notebook.name, time.perf_counter() - t0)
+        if execute_run(run, force=force, progress=progress): executed.add(run.notebook.name)
+        log.info("%s %s in %.0fs", "ran" if run.notebook.name in executed else "skipped", run.notebook.name, time.perf_counter() - t0)
     for out in dict.fromkeys(r.out_dir for r in runs):
-        write_json(out/"run.json", {"preset": p.name, "stages": sorted({r.stage for r in runs if r.out_dir == out}),
-                                    "overrides": dict(overrides or {}), **provenance(),
-                                    "notebooks": {r.notebook.name: r.params for r in runs if r.out_dir == out}})
+        write_json(out/"run.json", run_record(out, p.name, [r for r in runs if r.out_dir == out], overrides, executed))
+
+def run_record(out: Path, preset: str, runs: Sequence[NotebookRun], overrides: Mapping[str, Any] | None, executed: set[str]) -> dict:
+    """`run.json` for the folder `out` after `runs` (its notebooks of this call; `executed`: the names of those that ran, not skipped):
+    merged over the record already there, so a stage run alone (`--stages interp`) keeps the parameters of the stages run before it,
+    which later stages read (`saes.read_sae_stage`). `git_sha_by_notebook`: the commit each notebook last ran at."""
+    try: old = json.loads((Path(out)/"run.json").read_text())
+    except (OSError, json.JSONDecodeError): old = {}
+    if not isinstance(old, dict) or old.get("preset") != preset: old = {}   # another preset's record: nothing of it applies
+    prov = provenance()
+    old_nbs = old.get("notebooks") or {}
+    shas = {**{n: old.get("git_sha", "") for n in old_nbs}, **(old.get("git_sha_by_notebook") or {}),
+            **{r.notebook.name: prov["git_sha"] for r in runs if r.notebook.name in executed}}
+    return {"preset": preset, "stages": sorted(set(old.get("stages") or []) | {r.stage for r in runs}),
+            "overrides": dict(overrides or {}), **prov, "notebooks": {**old_nbs, **{r.notebook.name: r.params for r in runs}},
+            "git_sha_by_notebook": shas}
