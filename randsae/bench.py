@@ -223,6 +223,11 @@ def bench_autointerp(n_latents: int = 4, n_examples: int = 12, n_generate: int =
         t0 = time.perf_counter(); gen = [one_generate(m) for m in prompts[:n_generate]]; t_generate = (time.perf_counter() - t0) / n_generate
     ref = batched()[:n_generate]
     diff = max(abs(prob_one(a) - prob_one(b)) for a, b in zip(ref, gen))
+    f32 = smollm2_client(batch_size=batch_size, dtype=torch.float32)   # llm_client="smollm2-f32": the same weights computed in float32
+    def batched_f32():
+        f32._prefix = None; return f32.score_batch(prompts)
+    with torch.inference_mode(): batched_f32(); t_f32 = best_time(batched_f32, 2) / len(prompts)
+    f32_diff = max(abs(prob_one(a) - prob_one(b)) for a, b in zip(batched(), batched_f32()))
     with tempfile.TemporaryDirectory() as d:
         cc = CachedClient(client, d); client._prefix = None
         t0 = time.perf_counter(); cc.score_batch(prompts); first = time.perf_counter() - t0
@@ -233,6 +238,7 @@ def bench_autointerp(n_latents: int = 4, n_examples: int = 12, n_generate: int =
     ctx = context_cost()   # context sensitivity: two passes of each of 20 windows per latent through a tiny-preset-sized subject
     return {"torch_threads": torch.get_num_threads(), "batched_scoring_speedup": t_generate / t_batched,
             "batched_vs_generate_max_abs_diff": diff, "batched_s_per_prompt": t_batched, "generate_s_per_prompt": t_generate,
+            "f32_scoring_speedup": t_batched / t_f32, "f32_vs_bf16_max_abs_diff": f32_diff,
             "cached_rerun_speedup": first / again, "first_run_s": first, "cached_rerun_s": again, "n_prompts": len(prompts),
             "null_model_latents_per_s": null["null_model_latents_per_s"], "battery_latents_per_s": bat["battery_latents_per_s"],
             "context_seconds_per_latent": ctx["context_seconds_per_latent"], "context_seconds_per_window": ctx["context_seconds_per_window"]}

@@ -10,7 +10,7 @@ __all__ = ['log', 'Messages', 'FAILURE_KINDS', 'RETRIED_KINDS', 'CACHE_FORMAT', 
            'pool_candidates', 'HTTPStatusError', 'ConnectionClosedError', 'EmptyReplyError', 'failure_kind',
            'cache_key', 'cache_entry', 'check_cache_entry', 'CacheStats', 'CachedClient', 'post_json', 'OpenAIClient',
            'canned_openai_reply', 'local_server', 'fault_schedule', 'faulty_reply', 'render_prompt',
-           'candidate_token_ids', 'TransformersClient', 'VLLMClient', 'smollm2_dir', 'smollm2_client',
+           'candidate_token_ids', 'TransformersClient', 'VLLMClient', 'smollm2_dir', 'smollm2_client', 'smollm2_name',
            'check_llm_client', 'make_client', 'probe_client', 'llm_explanations', 'llm_scores']
 
 # %% ../nbs/18_llm.ipynb #a63fc804
@@ -703,14 +703,20 @@ def smollm2_dir(cache_dir: str | Path | None = None, download: bool = True) -> P
     return pretrained_dir("smollm2-135m-instruct", cache_dir, download)
 
 def smollm2_client(cache_dir: str | Path | None = None, device: str | torch.device | None = None, batch_size: int = 8,
-                   download: bool = True) -> "TransformersClient":
-    "SmolLM2-135M-Instruct as a batched local `TransformersClient` (bf16)."
-    return TransformersClient(str(smollm2_dir(cache_dir, download)), device=device, dtype=torch.bfloat16, batch_size=batch_size, name=SMOLLM2_NAME)
+                   download: bool = True, dtype: torch.dtype = torch.bfloat16) -> "TransformersClient":
+    """SmolLM2-135M-Instruct as a batched local `TransformersClient`, computing in `dtype` (bf16, or float32: the same bf16
+    weights upcast, about 6x faster on a CPU without native bf16 arithmetic; its replies are cached under their own name)."""
+    return TransformersClient(str(smollm2_dir(cache_dir, download)), device=device, dtype=dtype, batch_size=batch_size, name=smollm2_name(dtype))
+
+def smollm2_name(dtype: torch.dtype = torch.bfloat16) -> str:
+    "The model name SmolLM2's replies are cached and tabled under: `SMOLLM2_NAME` in bf16, with the dtype appended otherwise."
+    return SMOLLM2_NAME if dtype == torch.bfloat16 else f"{SMOLLM2_NAME}-{str(dtype).removeprefix('torch.').replace('float', 'f')}"
 
 # %% ../nbs/18_llm.ipynb #22e95d27
 LLM_CLIENTS: dict[str, str] = {
     "none": "no LLM: only the token-identity null model explains and scores",
-    "smollm2": "SmolLM2-135M-Instruct on this machine (offline; CPU or GPU): smollm2_client",
+    "smollm2": "SmolLM2-135M-Instruct on this machine (offline; CPU or GPU), in bf16: smollm2_client",
+    "smollm2-f32": "the same weights computing in float32: 6.2x faster scoring on a 2-core CPU without native bf16, P('1') within 0.013 of bf16's (randsae bench autointerp)",
     "openai": "an OpenAI-compatible server (vLLM, llama.cpp, OpenRouter) at base_url: OpenAIClient",
     "vllm": "vLLM's offline engine on local GPUs (pip install vllm): VLLMClient",
 }
@@ -726,6 +732,7 @@ def make_client(kind: str, *, model: str = "", base_url: str = "", api_key_env: 
     check_llm_client(kind)
     if kind == "none": return None
     if kind == "smollm2": return smollm2_client(device=device, batch_size=batch_size)
+    if kind == "smollm2-f32": return smollm2_client(device=device, batch_size=batch_size, dtype=torch.float32)
     if kind == "openai":
         if not model: raise ValueError("llm_client='openai' needs llm_model, the model name the server serves")
         return OpenAIClient(model, base_url or "http://127.0.0.1:8000", api_key_env=api_key_env or None)

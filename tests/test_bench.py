@@ -14,4 +14,5 @@ def test_bench_autointerp_reports_all_figures():
     b = bench_autointerp(n_latents=2, n_examples=4, n_generate=2)
     assert {"batched_scoring_speedup", "cached_rerun_speedup", "null_model_latents_per_s", "battery_latents_per_s"} <= set(b)
     assert b["batched_vs_generate_max_abs_diff"] < 0.05, "batched scoring and generate() must agree on P('1')"
+    assert b["f32_vs_bf16_max_abs_diff"] < 0.05 and b["f32_scoring_speedup"] > 0, "float32 and bf16 SmolLM2 must agree on P('1')"
     assert b["cached_rerun_speedup"] > 1 and b["null_model_latents_per_s"] > 0

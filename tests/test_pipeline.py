@@ -11,10 +11,11 @@ from test_faults import assert_same_tables, kill_at_random_points, leftovers, pr
 TINY_SAE = ["--set", "subject_max_tokens=20000", "--set", "sae_n_tokens=8192", "--set", "heldout_max_tokens=2048",
             "--set", "sae_expansion_factor=4", "--set", "sae_k=8", "--set", "seeds=[0, 1]", "--set", "latent_cache_max_tokens=16384",
             "--set", "dead_check_max_tokens=4096"]
-# The interp stage at tiny sizes, with the real local LLM (SmolLM2) explaining and scoring one latent per SAE.
+# The interp stage at tiny sizes, with the real local LLM (SmolLM2, computing in float32: 6x faster than the preset's bf16 on this
+# CPU, the same code path) explaining and scoring one latent per SAE.
 TINY_INTERP = ["--set", "n_latents=6", "--set", "window_len=16", "--set", "n_train=4", "--set", "n_test=4", "--set", "n_negative=4",
                "--set", "n_quantiles=2", "--set", "min_examples=8", "--set", "llm_latents_per_sae=1", "--set", "llm_n_train=4",
-               "--set", "llm_n_test=2", "--set", "llm_n_negative=2", "--set", "llm_max_new_tokens=40",
+               "--set", "llm_n_test=2", "--set", "llm_n_negative=2", "--set", "llm_max_new_tokens=40", "--set", "llm_client=smollm2-f32",
                "--set", "cache_n_tokens=0"]
 VARIANTS = ["trained", "rerandomized_incl_emb", "rerandomized_excl_emb", "step0", "control"]
 
@@ -59,7 +60,7 @@ def test_sae_and_interp_stages_end_to_end(pipeline_run):
     # interp: its own folder (its parameters were overridden), reading the sae stage's
     (interp,) = [d for d in tmp_path.iterdir() if (d/"autointerp.ipynb").exists()]
     tables = {p.stem: p for p in (interp/"tables").glob("latent_auroc_*.parquet")}
-    assert set(tables) == {"latent_auroc_token_null", "latent_auroc_SmolLM2-135M-Instruct-Q4_1"}, tables
+    assert set(tables) == {"latent_auroc_token_null", "latent_auroc_SmolLM2-135M-Instruct-Q4_1-f32"}, tables
     for name, path in tables.items():   # the contract: one row per (variant, seed, layer, latent)
         t = pd.read_parquet(path)
         assert {"variant", "seed", "layer", "latent", "explainer", "auroc", "entropy", "compared"} <= set(t.columns)
@@ -76,7 +77,7 @@ def test_sae_and_interp_stages_end_to_end(pipeline_run):
     headline = pd.read_parquet(interp/"tables"/"autointerp_by_variant.parquet")
     for c in ("auroc_pooled", "auroc_latent_mean", "entropy"): assert {c, f"{c}_lo", f"{c}_hi"} <= set(headline.columns)
     assert (pd.read_parquet(interp/"tables"/"null_calibration_control.parquet").scorer.tolist() == ["detection", "fuzz"])
-    llm = pd.read_parquet(tables["latent_auroc_SmolLM2-135M-Instruct-Q4_1"])
+    llm = pd.read_parquet(tables["latent_auroc_SmolLM2-135M-Instruct-Q4_1-f32"])
     assert len(llm) <= 5 * 2 * len(seeds) and len(llm) >= 1 and (llm.n_pos_fuzz <= 2).all()
     expl = pd.read_parquet(interp/"tables"/"llm_explanations.parquet")
     assert len(expl) >= len(llm) and expl.explanation.notna().any()
