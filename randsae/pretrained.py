@@ -146,7 +146,9 @@ def check_subject(model: nn.Module) -> dict:
     except ValueError as e: missing.append(f"one list of transformer blocks ({e})"); lname, blocks = None, []
     if not hasattr(getattr(model, "config", None), "num_hidden_layers"): missing.append("a config with num_hidden_layers")
     if missing: raise ValueError(f"{name} cannot be a subject: it lacks {'; '.join(missing)}")
-    scale = getattr(emb, "embed_scale", 1.0); scale = float(scale.item() if isinstance(scale, torch.Tensor) else scale)
+    # Gemma keeps sqrt(d) as a float beside its buffer; the buffer of a model built on the meta device has no value
+    scale = getattr(emb, "scalar_embed_scale", getattr(emb, "embed_scale", 1.0))
+    scale = (float("nan") if scale.is_meta else float(scale.item())) if isinstance(scale, torch.Tensor) else float(scale)
     return {"architecture": name, "n_layers": len(blocks), "blocks": lname, "d_model": int(w.shape[1]), "vocab_size": int(w.shape[0]),
             "tied_embeddings": out.weight is w, "embedding_scale": scale,
             "embedding_rms": float("nan") if w.is_meta else float(w.detach().float().pow(2).mean().sqrt()) * scale}   # the RMS of what the first block reads (unknown for a model on the meta device: config only)
