@@ -8,12 +8,13 @@ Docs: https://randsae.github.io/randsae/config.html.md"""
 __all__ = ['PACKAGE_ROOT', 'MAX_INT', 'MAX_SEED', 'MAX_LIST', 'log', 'TABLE_FORMAT', 'PROGRESS_ENV', 'PROGRESS_EVERY_S', 'STAGES',
            'L1_GRID', 'TINY_L1_GRID', 'TOY_DEFAULT', 'TOY_PAPER', 'TINY_SAE', 'TINY_INTERP', 'PAPER_INTERP',
            'TINY_RECOVERY', 'TINY_PRESERVE_AMPLIFY', 'TINY_ABLATION', 'REAL_LM_INTERP', 'TINY_BASELINES', 'TINY_SWEEP',
-           'PYTHIA_160M_SWEEP', 'TINY_BATTERY', 'REAL_LM_BATTERY', 'PRESETS', 'project_root', 'outputs_dir',
-           'experiments_dir', 'show', 'check_int', 'check_positive_int', 'check_nonneg_int', 'check_seed',
-           'check_range', 'check_finite', 'check_choice', 'check_list', 'get_device', 'seed_everything',
-           'release_free_memory', 'atomic_path', 'write_json', 'replace_dir', 'file_sha256', 'write_table',
-           'params_hash', 'files_record', 'files_problem', 'cache_damaged', 'check_cache', 'cached_table', 'Progress',
-           'Stage', 'StageRun', 'Preset', 'pythia_sae', 'real_lm_sae', 'battery_params', 'get_preset']
+           'PYTHIA_160M_SWEEP', 'TINY_BATTERY', 'REAL_LM_BATTERY', 'LAYER_SUPERPOSITION', 'REAL_LM_LAYER_SUPERPOSITION',
+           'PRESETS', 'project_root', 'outputs_dir', 'experiments_dir', 'show', 'check_int', 'check_positive_int',
+           'check_nonneg_int', 'check_seed', 'check_range', 'check_finite', 'check_choice', 'check_list', 'get_device',
+           'seed_everything', 'release_free_memory', 'atomic_path', 'write_json', 'replace_dir', 'file_sha256',
+           'write_table', 'params_hash', 'files_record', 'files_problem', 'cache_damaged', 'check_cache',
+           'cached_table', 'Progress', 'Stage', 'StageRun', 'Preset', 'pythia_sae', 'real_lm_sae', 'battery_params',
+           'get_preset']
 
 # %% ../nbs/00_config.ipynb #d520e8b0
 import hashlib, json, logging, os, random, shutil, tempfile
@@ -345,6 +346,10 @@ STAGES: dict[str, Stage] = {s.name: s for s in [
           "Preserve or amplify (issue 12 section 3): random MLPs and residual MLP blocks of depth 1-8 on Sharkey data and its Gaussian "
           "control over input sparsity 1-50: the superposed-vs-Gaussian Pareto gap and the recovery of the input features from the outputs.",
           validator="randsae.recovery:check_recovery_params"),
+    Stage("superposition_layers", ("layer_superposition.ipynb",),
+          "Preserve or amplify across a subject's layers (issue 12 section 3): the residual stream's superposed-vs-Gaussian Pareto gap at "
+          "the input and each scheduled block, trained vs re-randomised, with the L0 an L1 SAE needs and the sae stage's TopK explained variance.",
+          requires=("sae",), validator="randsae.recovery:check_recovery_params"),
     Stage("ablation", ("ablation.ipynb",),
           "Parameter-norm ablation: SAEs on step-0 weights rescaled per tensor to the trained norms (step0_norm_matched), with the sae "
           "stage's settings, against step-0 and the re-randomised variants: does matching the norms move step-0 toward them? (issue 11 section 4)",
@@ -461,18 +466,25 @@ def battery_params(interp: Mapping[str, Any]) -> dict[str, Any]:
     return dict(llm_client=interp["llm_client"], llm_n_test=interp["llm_n_test"], llm_n_negative=interp["llm_n_negative"])
 TINY_BATTERY = battery_params(TINY_INTERP)
 REAL_LM_BATTERY = battery_params(REAL_LM_INTERP)
+# Superposition across a subject's layers: 3 disjoint samples of 2,048 held-out residual vectors per depth (the real LMs' 8,192 held-out
+# tokens hold 8,160 after position 0), an L1 sweep of 5 coefficients with 2 x d latents, 4 epochs of batches of 64. One sweep of a
+# d=640 stream takes ~15 s on 2 cores, so the real LMs measure the input and 3 of their blocks (first, middle, last): 40 sweeps.
+LAYER_SUPERPOSITION = dict(n_reps=3, n_tokens=2048, latent_multiplier=2, l1_coefficients=[0.001, 0.003, 0.01, 0.0316, 0.1], n_epochs=4,
+                           batch_size=64, lr=1e-3, ev_levels=[0.5, 0.75, 0.9])
+REAL_LM_LAYER_SUPERPOSITION = {"smollm2-135m": dict(LAYER_SUPERPOSITION, layers=[0, 12, 29]), "gemma3-270m": dict(LAYER_SUPERPOSITION, layers=[0, 9, 17])}
 
 PRESETS: dict[str, Preset] = {p.name: p for p in [
     Preset("tiny", "Embedded offline default: toy models at reduced size, and the transformer pipeline on a tiny GPTNeoX trained here.",
            {"toy": StageRun("toy", TOY_DEFAULT), "sae": StageRun("tiny", TINY_SAE), "interp": StageRun("tiny", TINY_INTERP),
-            "battery": StageRun("tiny", TINY_BATTERY),
+            "battery": StageRun("tiny", TINY_BATTERY), "superposition_layers": StageRun("tiny", LAYER_SUPERPOSITION),
             "baselines": StageRun("tiny-baselines", TINY_BASELINES), "sweep": StageRun("tiny-sweep", TINY_SWEEP),
             "recovery": StageRun("recovery", TINY_RECOVERY),
             "superposition_depth": StageRun("superposition_depth", TINY_PRESERVE_AMPLIFY), "ablation": StageRun("ablation", TINY_ABLATION),
             "models": StageRun("models"), "ledger": StageRun("ledger")}),
-    *[Preset(name, f"{title} loaded offline from PyPI archives, on a CPU budget: the sae, interp and battery stages (run the tiny "
+    *[Preset(name, f"{title} loaded offline from PyPI archives, on a CPU budget: the sae, interp, battery and superposition_layers stages (run the tiny "
              f"preset's models and ledger stages afterwards for the cross-model Fig 3 and the claims ledger).",
-             {"sae": StageRun(name, real_lm_sae(name)), "interp": StageRun(name, REAL_LM_INTERP), "battery": StageRun(name, REAL_LM_BATTERY)})
+             {"sae": StageRun(name, real_lm_sae(name)), "interp": StageRun(name, REAL_LM_INTERP), "battery": StageRun(name, REAL_LM_BATTERY),
+              "superposition_layers": StageRun(name, REAL_LM_LAYER_SUPERPOSITION[name])})
       for name, title in [("smollm2-135m", "SmolLM2-135M-Instruct (Llama, 30 blocks, d=576)"), ("gemma3-270m", "Gemma-3-270M base (Gemma3, 18 blocks, d=640)")]],
     Preset("toy-paper", "Toy models with the paper's exact settings (hours on a CPU; minutes on a GPU).",
            {"toy": StageRun("toy-paper", TOY_PAPER)}),

@@ -216,6 +216,15 @@ def check_recovery_params(params: dict) -> None:
         SweepConfig(q["latent_multiplier"] * q["n_inputs"], q["l1_coefficients"], n_epochs=q["n_epochs"], batch_size=q["batch_size"])
         check_list("ev_levels", q["ev_levels"], lambda n, v: check_range(n, v, 0, 1, lo_open=True), min_len=1)
         check_range("feature_scale", q["feature_scale"], 0, lo_open=True)
+    if (r := params.get("layer_superposition.ipynb")) is not None:   # the same study on a subject's residual stream (stage superposition_layers)
+        from randsae.variants import ALL_VARIANTS
+        n_reps = check_positive_int("n_reps", r["n_reps"], 1000); check_seed(check_seed(r["seed"]) + n_reps - 1, "seed + n_reps - 1")
+        check_list("variants", r["variants"], lambda n, v: check_choice(n, v, ALL_VARIANTS)); check_list("layers", r["layers"], check_nonneg_int)
+        if check_positive_int("n_tokens", r["n_tokens"]) < 20: raise ValueError(f"n_tokens must be at least 20 (a 10% held-out split of at least 2), got {r['n_tokens']}")
+        check_positive_int("latent_multiplier", r["latent_multiplier"], 1000); check_positive_int("batch_size_chunks", r["batch_size_chunks"])
+        SweepConfig(r["latent_multiplier"], r["l1_coefficients"], n_epochs=r["n_epochs"], batch_size=r["batch_size"], lr=r["lr"])   # n_latents is x d, known later
+        check_list("ev_levels", r["ev_levels"], lambda n, v: check_range(n, v, 0, 1, lo_open=True), min_len=1)
+        if 0.75 not in r["ev_levels"]: raise ValueError(f"ev_levels must include 0.75, the headline level of the verdicts; got {r['ev_levels']}")
 
 def check_ablation_params(params: dict) -> None:
     "Check the ablation stage's parameters (`ablation.ipynb`), building the record config its null-model scoring uses."

@@ -180,3 +180,27 @@ def test_models_stage_compares_every_run_and_reruns_when_one_changes(pipeline_ru
     original = table.read_bytes(); df = pd.read_parquet(table); df.loc[0, "explained_variance"] += 1e-3; df.to_parquet(table, index=False)
     try: assert run_cli(*args, outputs=root, timeout=300).returncode == 0 and executed.stat().st_mtime_ns != mtime, "a changed input: rerun"
     finally: table.write_bytes(original)   # the fixture's run is shared with the other tests
+
+
+LAYER_SUPERPOSITION = ["reproduce", "--preset", "tiny", "--stages", "superposition_layers", "--no-progress",
+                       *ARGS[6:-len(TINY_INTERP)], "--set", "n_reps=3", "--set", "n_tokens=600", "--set", "n_epochs=15",
+                       "--set", "batch_size=32"]
+
+
+def test_superposition_layers_stage_on_the_sae_stage_subject(pipeline_run):
+    """The residual stream's superposed-vs-Gaussian gap at the input and each block of every variant: tables, figures and a verdict per
+    variant; the instrument check holds (the control's input is IID noise: gap 1); a rerun skips it."""
+    root, _ = pipeline_run
+    r = run_cli(*LAYER_SUPERPOSITION, outputs=root, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    (summary_path,) = root.glob("tiny--*/layer_superposition_summary.json"); out = summary_path.parent
+    summary = json.loads(summary_path.read_text())
+    assert set(summary["verdict"]) == set(VARIANTS) and set(summary["verdict"].values()) <= {"preserve", "amplify", "wash-out", "mixed", "no interval"}
+    gap = pd.read_parquet(out/"tables"/"layer_superposition_gap.parquet")
+    assert set(gap.layer) == {-1, 0, 1} and set(gap.variant) == set(VARIANTS) and (gap.n <= 3).all()
+    ctrl = gap[(gap.variant == "control") & (gap.layer == -1) & (gap.explained_variance == 0.75) & gap.measure.isin(["l0", "l1_over_sqrt_l2"])]
+    assert len(ctrl) == 2 and ((ctrl.gap - 1).abs() < 0.1).all(), ctrl   # the known answer: noise is as sparse as its Gaussian control
+    assert summary["sentences"][0].startswith("**Instrument check**")
+    assert {f"layer_superposition_{n}.{e}" for n in ("gap", "l0") for e in ("png", "svg", "vl.json")} <= {f.name for f in (out/"figures").iterdir()}
+    executed = out/"layer_superposition.ipynb"; mtime = executed.stat().st_mtime_ns
+    assert run_cli(*LAYER_SUPERPOSITION, outputs=root, timeout=300).returncode == 0 and executed.stat().st_mtime_ns == mtime, "unchanged: skipped"
