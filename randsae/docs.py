@@ -62,7 +62,8 @@ SECTIONS: dict[str, Section] = {
                    "Do SAEs recover features that data holds in superposition, and does a random network's output still look superposed?",
                    "The paper's Section 4 and Appendix C: sparse features in superposition against Gaussian controls and a randomly initialised MLP; "
                    "MMCS against the L1 penalty (Fig 5); Pareto frontiers of explained variance against scale-free sparsity measures (Figs 6, 13, 14, 16); "
-                   "GloVe and embedding matrices (Figs 7, 17-20)."),
+                   "GloVe and embedding matrices (Figs 7, 17-20); whether random networks preserve or amplify superposition, on toy data and "
+                   "across the residual stream of each subject."),
     "transformers": Section("Random transformers and their SAEs",
                             "Do SAEs reconstruct a randomised transformer's activations as well as a trained one's?",
                             "Section 3.2 and Fig 3 rows 1-3 and 5: TopK SAEs per layer on the residual stream of the trained model, its re-randomised "
@@ -86,7 +87,7 @@ SECTIONS: dict[str, Section] = {
 }
 START = "start"   # the front section: the claims ledger's notebook goes there
 NOTEBOOK_SECTIONS: dict[str, str] = {   # executed notebook name (stem) -> section key; unlisted notebooks appear only under Results by preset
-    "toy_superposition": "toy", "toy_glove": "toy", "preserve_amplify": "toy", "superposition_depth": "toy",
+    "toy_superposition": "toy", "toy_glove": "toy", "preserve_amplify": "toy", "superposition_depth": "toy", "layer_superposition": "toy",
     "sae_pipeline": "transformers", "robustness_sweep": "transformers", "sweep": "transformers", "ablation": "transformers",
     "autointerp": "autointerp",
     "battery": "entropy",
