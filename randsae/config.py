@@ -11,8 +11,8 @@ __all__ = ['PACKAGE_ROOT', 'MAX_INT', 'MAX_SEED', 'MAX_LIST', 'log', 'TABLE_FORM
            'PYTHIA_160M_SWEEP', 'TINY_BATTERY', 'REAL_LM_BATTERY', 'LAYER_SUPERPOSITION', 'REAL_LM_LAYER_SUPERPOSITION',
            'PRESETS', 'project_root', 'outputs_dir', 'experiments_dir', 'show', 'check_int', 'check_positive_int',
            'check_nonneg_int', 'check_seed', 'check_range', 'check_finite', 'check_choice', 'check_list', 'get_device',
-           'seed_everything', 'release_free_memory', 'atomic_path', 'write_json', 'replace_dir', 'file_sha256',
-           'write_table', 'params_hash', 'files_record', 'files_problem', 'cache_damaged', 'check_cache',
+           'seed_everything', 'release_free_memory', 'atomic_path', 'write_json', 'read_json', 'replace_dir',
+           'file_sha256', 'write_table', 'params_hash', 'files_record', 'files_problem', 'cache_damaged', 'check_cache',
            'cached_table', 'Progress', 'Stage', 'StageRun', 'Preset', 'pythia_sae', 'real_lm_sae', 'battery_params',
            'get_preset']
 
@@ -155,6 +155,12 @@ def write_json(path: str | Path, obj: Any) -> Path:
     "Write `obj` as indented JSON, atomically."
     with atomic_path(path) as tmp: tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str))
     return Path(path)
+
+def read_json(path: str | Path) -> dict:
+    "The JSON object in `path`, or `{}` when the file is missing, unreadable or not an object (a record to merge over, never a crash)."
+    try: d = json.loads(Path(path).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError): return {}
+    return d if isinstance(d, dict) else {}
 
 def replace_dir(tmp: str | Path, final: str | Path, old: str | Path | None = None) -> None:
     "Replace folder `final` by the finished folder `tmp`; at every instant `final` or `old` holds a complete copy."

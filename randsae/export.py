@@ -17,7 +17,7 @@ from typing import Any, Mapping
 import torch
 from safetensors.torch import load_file, save_file
 
-from .config import get_preset, outputs_dir, replace_dir, write_json
+from .config import get_preset, outputs_dir, read_json, replace_dir, write_json
 from .saes import DONE, is_done, load_sae
 
 log = logging.getLogger(__name__)
@@ -37,11 +37,6 @@ def tl_hook_name(hookpoint: str) -> str:
 # %% ../nbs/22_export.ipynb #534be35e
 _HF_IDS = {"smollm2-135m-instruct": "HuggingFaceTB/SmolLM2-135M-Instruct", "gemma3-270m": "google/gemma-3-270m"}
 
-def _read_json(path: Path) -> dict:
-    try: d = json.loads(Path(path).read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError): return {}
-    return d if isinstance(d, dict) else {}
-
 def _local_prefix(path: str) -> str | None:
     "The base model's attribute name of a local Hugging Face model folder, from its config.json (None when unknown)."
     try:
@@ -53,7 +48,7 @@ def _local_prefix(path: str) -> str | None:
 
 def run_identity(run_dir: str | Path) -> dict[str, Any]:
     "What a run folder says about the subject its SAEs were trained on: model name, subject, Hugging Face module prefix, context length."
-    run_dir = Path(run_dir); run = _read_json(run_dir/"run.json"); summary = _read_json(run_dir/"sae_pipeline_summary.json")
+    run_dir = Path(run_dir); run = read_json(run_dir/"run.json"); summary = read_json(run_dir/"sae_pipeline_summary.json")
     params = (run.get("notebooks") or {}).get("sae_pipeline.ipynb") or {}
     subject = params.get("subject") or summary.get("subject")
     ident = {"subject": subject, "preset": run.get("preset"), "run": run_dir.name, "git_sha": run.get("git_sha"),

@@ -23,7 +23,7 @@ from typing import Any, Mapping, Sequence
 import nbformat
 import yaml
 
-from .config import (STAGES, Preset, atomic_path, experiments_dir, file_sha256, files_problem, get_preset, outputs_dir, params_hash, show, write_json)
+from .config import (STAGES, Preset, atomic_path, experiments_dir, file_sha256, files_problem, get_preset, outputs_dir, params_hash, read_json, show, write_json)
 
 log = logging.getLogger(__name__)
 
@@ -712,9 +712,8 @@ def run_record(out: Path, preset: str, runs: Sequence[NotebookRun], overrides: M
     """`run.json` for the folder `out` after `runs` (its notebooks of this call; `executed`: the names of those that ran, not skipped):
     merged over the record already there, so a stage run alone (`--stages interp`) keeps the parameters of the stages run before it,
     which later stages read (`saes.read_sae_stage`). `git_sha_by_notebook`: the commit each notebook last ran at."""
-    try: old = json.loads((Path(out)/"run.json").read_text())
-    except (OSError, json.JSONDecodeError): old = {}
-    if not isinstance(old, dict) or old.get("preset") != preset: old = {}   # another preset's record: nothing of it applies
+    old = read_json(Path(out)/"run.json")
+    if old.get("preset") != preset: old = {}   # another preset's record: nothing of it applies
     prov = provenance()
     old_nbs = old.get("notebooks") or {}
     shas = {**{n: old.get("git_sha", "") for n in old_nbs}, **(old.get("git_sha_by_notebook") or {}),
