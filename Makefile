@@ -17,7 +17,7 @@ reproduce: $(VENV)/.installed-base  ## the main job on the embedded offline defa
 
 test: $(VENV)/.installed-dev chromium  ## nbdev-test on every notebook, then pytest (its summary line is the last word)
 	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 HF_HUB_OFFLINE=1 $(BIN)/nbdev-test --n-workers 2 --timing --skip-file-re '$(NBTEST_SKIP)'
-	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 HF_HUB_OFFLINE=1 $(BIN)/python -m pytest
+	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -n 2 --dist loadfile
 
 lab: $(VENV)/.installed-dev  ## JupyterLab on nbs/ with the project's environment as a kernel
 	$(BIN)/python -m ipykernel install --user --name randsae --display-name "randsae (.venv)"
