@@ -8,13 +8,13 @@ Docs: https://randsae.github.io/randsae/battery.html.md"""
 __all__ = ['log', 'BATTERY_METRICS', 'SINGLE_TOKEN_SHARE', 'TRENDS', 'SHUFFLED_EXPLAINER', 'NULL_SIMULATOR', 'record_cells',
            'grouped_r2', 'battery', 'battery_summary', 'depth_slopes', 'slope_differences', 'trend_verdict',
            'latent_values', 'randomize_context', 'context_sensitivity', 'context_seconds_per_latent', 'derangement',
-           'shuffle_explanations', 'shuffled_null_explanations', 'shuffled_null_scores', 'latent_aurocs',
-           'explanation_gap', 'token_list_explanations', 'null_simulation', 'kl_divergence_score',
+           'shuffle_explanations', 'shuffle_within_groups', 'shuffled_null_explanations', 'shuffled_null_scores',
+           'latent_aurocs', 'explanation_gap', 'token_list_explanations', 'null_simulation', 'kl_divergence_score',
            'reconstruction_scores', 'check_battery_params', 'battery_latents_per_s', 'context_cost']
 
 # %% ../nbs/23_battery.ipynb #ccc32391
 import json, logging, math, time
-from typing import Mapping, Sequence
+from typing import Callable, Hashable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -262,6 +262,22 @@ def shuffle_explanations(explanations: Mapping[int, str | None], seed: int = 0) 
     "Each latent's explanation replaced by another latent's (a seeded derangement over the latents of one SAE)."
     keys = sorted(explanations); p = derangement(len(keys), seed)
     return {k: explanations[keys[p[i]]] for i, k in enumerate(keys)}
+
+def shuffle_within_groups(explanations: Mapping[Hashable, str | None], levels: Sequence[Callable[[Hashable], Hashable]],
+                          seed: int = 0) -> tuple[dict, dict]:
+    """Each key's explanation replaced by another key's, from the narrowest group of `levels` (functions key -> group, narrowest
+    first) that holds another key still unassigned: a seeded derangement within each group of at least 2; keys alone at every level
+    get none. Returns (shuffled explanations, the index of the level each key was shuffled at)."""
+    shuffled, level_of, left = {}, {}, sorted(explanations)
+    for i, group in enumerate(levels):
+        groups: dict = {}
+        for k in left: groups.setdefault(group(k), []).append(k)
+        for g in groups.values():
+            if len(g) < 2: continue
+            shuffled.update({k: explanations[g[j]] for k, j in zip(g, derangement(len(g), seed))})
+            level_of.update(dict.fromkeys(g, i))
+        left = [k for k in left if k not in level_of]
+    return shuffled, level_of
 
 def shuffled_null_explanations(records: LatentRecords, mass: float = 0.8, seed: int = 0) -> pd.DataFrame:
     "`null_explanations` with each latent's token set given to another latent (`source`: the latent it explained)."
