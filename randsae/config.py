@@ -473,10 +473,10 @@ def battery_params(interp: Mapping[str, Any]) -> dict[str, Any]:
 TINY_BATTERY = battery_params(TINY_INTERP)
 REAL_LM_BATTERY = battery_params(REAL_LM_INTERP)
 # Superposition across a subject's layers: 3 disjoint samples of 2,048 held-out residual vectors per depth (the real LMs' 8,192 held-out
-# tokens hold 8,160 after position 0), an L1 sweep of 6 coefficients with 2 x d latents, 8 epochs of batches of 64 at lr 3e-3: the
-# least training at which every sweep's range of explained variance holds the headline 0.75 (4 epochs at 1e-3 left a d=576 Gaussian
-# at 0.64-0.71, so most cells of the first SmolLM2 run had no gap; 0.316 reaches below 0.75 on the low-rank streams). One sweep of a
-# d=576 stream takes ~60 s on 1 core, so the real LMs measure the input and 3 of their blocks (first, middle, last): 40 sweeps.
+# tokens hold 8,160 after position 0), an L1 sweep of 6 coefficients with 2 x d latents, 8 epochs of batches of 64 at lr 3e-3 (4 epochs
+# at 1e-3 left a d=576 Gaussian at explained variance 0.64-0.71, so most cells of the first SmolLM2 run had no gap at 0.75; with these,
+# 36 of SmolLM2's 40 sweeps hold 0.75: the low-rank streams of the control's block 12 and step0's blocks 12 and 29 stay above it even at
+# 0.316). One sweep of a d=576 stream takes ~60 s on 1 core, so the real LMs measure the input and 3 blocks (first, middle, last).
 LAYER_SUPERPOSITION = dict(n_reps=3, n_tokens=2048, latent_multiplier=2, l1_coefficients=[0.001, 0.003, 0.01, 0.0316, 0.1, 0.316], n_epochs=8,
                            batch_size=64, lr=3e-3, ev_levels=[0.5, 0.75, 0.9])
 REAL_LM_LAYER_SUPERPOSITION = {"smollm2-135m": dict(LAYER_SUPERPOSITION, layers=[0, 12, 29]), "gemma3-270m": dict(LAYER_SUPERPOSITION, layers=[0, 9, 17])}
