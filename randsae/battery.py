@@ -9,8 +9,8 @@ __all__ = ['log', 'BATTERY_METRICS', 'SINGLE_TOKEN_SHARE', 'TRENDS', 'SHUFFLED_E
            'grouped_r2', 'battery', 'battery_summary', 'depth_slopes', 'slope_differences', 'trend_verdict',
            'latent_values', 'randomize_context', 'context_sensitivity', 'context_seconds_per_latent', 'derangement',
            'shuffle_explanations', 'shuffle_within_groups', 'shuffled_null_explanations', 'shuffled_null_scores',
-           'latent_aurocs', 'explanation_gap', 'token_list_explanations', 'null_simulation', 'kl_divergence_score',
-           'reconstruction_scores', 'check_battery_params', 'battery_latents_per_s', 'context_cost']
+           'latent_aurocs', 'explanation_gap', 'token_list_explanations', 'null_simulation', 'reconstruction_scores',
+           'kl_divergence_score', 'check_battery_params', 'battery_latents_per_s', 'context_cost']
 
 # %% ../nbs/23_battery.ipynb #ccc32391
 import json, logging, math, time
@@ -353,45 +353,58 @@ def _splice(sae: nn.Module):
         acts, idx, _ = sae.encode(h.flatten(0, 1).to(sae.dtype)); return sae.decode(acts, idx).to(h.dtype).view_as(h)
     return f
 
-@torch.no_grad()
-def kl_divergence_score(model: nn.Module, sae: nn.Module, layer: int, tokens: Tensor, batch_size_chunks: int = 8, device=None,
-                        progress: bool = False) -> dict[str, float]:
-    "Mean KL(clean ‖ spliced) of the next-token distributions with the SAE's reconstruction and with zeros at block `layer`, and kl_div_score = 1 − kl_sae / kl_zero_ablated."
-    tokens, layer = _check_tokens(tokens), check_layers(model, [layer])[0]; check_positive_int("batch_size_chunks", batch_size_chunks)
-    dev = _prepare(model, device); sae = sae.to(dev); block = residual_layers(model)[1][layer]
-    sums = {"kl_sae": 0.0, "kl_zero_ablated": 0.0}; n = 0
-    for s in Progress(range(0, len(tokens), batch_size_chunks), desc=f"KL score at layer {layer}", unit="batches", show=progress):
-        x = tokens[s:s + batch_size_chunks].to(dev); logp = F.log_softmax(model(input_ids=x, use_cache=False).logits.float(), -1); n += x.numel()
-        for k, fn in (("kl_sae", _splice(sae)), ("kl_zero_ablated", torch.zeros_like)):
-            h = _replace_block_output(block, fn)
-            try: logq = F.log_softmax(model(input_ids=x, use_cache=False).logits.float(), -1)
-            finally: h.remove()
-            sums[k] += F.kl_div(logq, logp, log_target=True, reduction="sum").item()   # sum of p (log p − log q)
-    kl = {k: v / n for k, v in sums.items()}
-    return {**kl, "kl_div_score": 1 - kl["kl_sae"] / kl["kl_zero_ablated"] if kl["kl_zero_ablated"] > 0 else float("nan"), "n_predictions": n}
+def _final_hidden(model: nn.Module, x: Tensor) -> Tensor:
+    "The hidden states the LM head reads (after the final norm), (B, T, d): the model's body alone, its block hooks firing as in a full pass."
+    body = model.base_model
+    if body is model: raise ValueError(f"{type(model).__name__} has no base model under its LM head: cannot compute the head a few positions at a time")
+    return body(input_ids=x, use_cache=False).last_hidden_state
+
+def _head_log_probs(model: nn.Module, h: Tensor) -> Tensor:
+    "Next-token log-probabilities (float32) from final hidden states `h` (..., d): the LM head, with the logit soft-capping some models apply (Gemma 2)."
+    logits = model.get_output_embeddings()(h).float()
+    cap = getattr(model.config, "final_logit_softcapping", None)
+    return F.log_softmax(torch.tanh(logits / cap) * cap if cap else logits, -1)
 
 @torch.no_grad()
 def reconstruction_scores(model: nn.Module, sae: nn.Module, layer: int, tokens: Tensor, batch_size_chunks: int = 8, device=None,
-                          progress: bool = False) -> dict[str, float]:
-    "CE loss score (as `saes.ce_loss_score`) and KL-divergence score (as `kl_divergence_score`) from one clean, one spliced and one zero-ablated pass."
+                          progress: bool = False, positions_per_chunk: int = 256) -> dict[str, float]:
+    """CE loss score (as `saes.ce_loss_score`) and KL-divergence score (mean KL(clean ‖ spliced) of the next-token distributions with the
+    SAE's reconstruction and with zeros at block `layer`; kl_div_score = 1 − kl_sae / kl_zero_ablated) from one clean, one spliced and one
+    zero-ablated pass of the model's body. The LM head runs on `positions_per_chunk` positions at a time: with Gemma's 262,144-token
+    vocabulary the full logits of 8 chunks of 256 tokens are 2.1 GB per tensor, and holding the three passes' log-probabilities at once
+    (as a first version did) was killed for memory at 12 GB beside other jobs on this 24 GB machine."""
     tokens, layer = _check_tokens(tokens), check_layers(model, [layer])[0]; check_positive_int("batch_size_chunks", batch_size_chunks)
+    check_positive_int("positions_per_chunk", positions_per_chunk)
     if tokens.shape[1] < 2: raise ValueError(f"tokens need ctx_len >= 2 to predict a next token, got {tokens.shape[1]}")
     dev = _prepare(model, device); sae = sae.to(dev); block = residual_layers(model)[1][layer]
     ce = {"ce_clean": 0.0, "ce_sae": 0.0, "ce_zero_ablated": 0.0}; kl = {"kl_sae": 0.0, "kl_zero_ablated": 0.0}; n_ce = n_kl = 0
     for s in Progress(range(0, len(tokens), batch_size_chunks), desc=f"CE and KL scores at layer {layer}", unit="batches", show=progress):
-        x = tokens[s:s + batch_size_chunks].to(dev); tgt = x[:, 1:].reshape(-1)
-        logp = F.log_softmax(model(input_ids=x, use_cache=False).logits.float(), -1); n_kl += x.numel(); n_ce += tgt.numel()
-        ce["ce_clean"] += F.nll_loss(logp[:, :-1].reshape(-1, logp.shape[-1]), tgt, reduction="sum").item()
+        x = tokens[s:s + batch_size_chunks].to(dev); n_kl += x.numel(); n_ce += x[:, 1:].numel()
+        hidden = {"clean": _final_hidden(model, x)}
         for k, fn in (("sae", _splice(sae)), ("zero_ablated", torch.zeros_like)):
             h = _replace_block_output(block, fn)
-            try: logq = F.log_softmax(model(input_ids=x, use_cache=False).logits.float(), -1)
+            try: hidden[k] = _final_hidden(model, x)
             finally: h.remove()
-            kl[f"kl_{k}"] += F.kl_div(logq, logp, log_target=True, reduction="sum").item()
-            ce[f"ce_{k}"] += F.nll_loss(logq[:, :-1].reshape(-1, logq.shape[-1]), tgt, reduction="sum").item()
+        hidden = {k: v.flatten(0, 1) for k, v in hidden.items()}
+        target = torch.cat([x[:, 1:], torch.full_like(x[:, :1], -100)], 1).flatten()   # each chunk's last position predicts nothing here
+        for i in range(0, len(target), positions_per_chunk):
+            part, y = slice(i, i + positions_per_chunk), target[i:i + positions_per_chunk]
+            logp = _head_log_probs(model, hidden["clean"][part])
+            ce["ce_clean"] += F.nll_loss(logp, y, ignore_index=-100, reduction="sum").item()
+            for k in ("sae", "zero_ablated"):
+                logq = _head_log_probs(model, hidden[k][part])
+                kl[f"kl_{k}"] += F.kl_div(logq, logp, log_target=True, reduction="sum").item()   # sum of p (log p − log q)
+                ce[f"ce_{k}"] += F.nll_loss(logq, y, ignore_index=-100, reduction="sum").item()
     ce = {k: v / n_ce for k, v in ce.items()}; kl = {k: v / n_kl for k, v in kl.items()}
     den_ce = ce["ce_zero_ablated"] - ce["ce_clean"]
     return {**ce, "ce_loss_score": (ce["ce_zero_ablated"] - ce["ce_sae"]) / den_ce if den_ce != 0 else float("nan"), **kl,
             "kl_div_score": 1 - kl["kl_sae"] / kl["kl_zero_ablated"] if kl["kl_zero_ablated"] > 0 else float("nan"), "n_predictions": n_kl}
+
+def kl_divergence_score(model: nn.Module, sae: nn.Module, layer: int, tokens: Tensor, batch_size_chunks: int = 8, device=None,
+                        progress: bool = False) -> dict[str, float]:
+    "The KL-divergence part of `reconstruction_scores`: kl_sae, kl_zero_ablated, kl_div_score = 1 − kl_sae / kl_zero_ablated, n_predictions."
+    r = reconstruction_scores(model, sae, layer, tokens, batch_size_chunks, device, progress)
+    return {k: r[k] for k in ("kl_sae", "kl_zero_ablated", "kl_div_score", "n_predictions")}
 
 # %% ../nbs/23_battery.ipynb #df4c126c
 def check_battery_params(params: Mapping[str, Mapping]) -> list[str]:
