@@ -30,7 +30,7 @@ def pipeline_run(tmp_path_factory):
     """One uninterrupted run of the sae and interp stages at tiny sizes, shared by the tests of this module: (outputs root, its
     progress timeline, taken before other tests add to the folder)."""
     root = tmp_path_factory.mktemp("pipeline")
-    r = run_cli(*ARGS, outputs=root, timeout=900)
+    r = run_cli(*ARGS, outputs=root, timeout=1800)   # ~5 min idle; a loaded machine (two test workers and more) takes several times that
     assert r.returncode == 0, r.stderr[-3000:]
     return root, progress_timeline(root)
 
