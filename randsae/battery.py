@@ -8,8 +8,8 @@ Docs: https://randsae.github.io/randsae/battery.html.md"""
 __all__ = ['log', 'BATTERY_METRICS', 'SINGLE_TOKEN_SHARE', 'TRENDS', 'SHUFFLED_EXPLAINER', 'NULL_SIMULATOR', 'record_cells',
            'grouped_r2', 'battery', 'battery_summary', 'depth_slopes', 'slope_differences', 'trend_verdict',
            'latent_values', 'randomize_context', 'context_sensitivity', 'context_seconds_per_latent', 'derangement',
-           'shuffle_explanations', 'shuffle_within_groups', 'shuffled_null_explanations', 'shuffled_null_scores',
-           'latent_aurocs', 'explanation_gap', 'token_list_explanations', 'null_simulation', 'reconstruction_scores',
+           'shuffle_within_groups', 'shuffled_null_explanations', 'shuffled_null_scores', 'latent_aurocs',
+           'explanation_gap', 'token_list_explanations', 'null_simulation', 'reconstruction_scores',
            'kl_divergence_score', 'check_battery_params', 'battery_latents_per_s', 'context_cost']
 
 # %% ../nbs/23_battery.ipynb #ccc32391
@@ -26,7 +26,7 @@ from .config import Progress, check_choice, check_list, check_positive_int, chec
 from .activations import _check_tokens, _layer_outputs, _prepare, check_layers, residual_layers
 from .autointerp import NULL_EXPLAINER, SCORERS, _null_prob, _token_weights, latent_metrics, null_explanations, scoring_set, synthetic_records
 from .latents import LatentRecords, SPLITS
-from .saes import _replace_block_output
+from .saes import _replace_block_output, _splice, _final_hidden, _head_log_probs, _next_token_targets
 from .stats import interval_table
 
 log = logging.getLogger(__name__)
@@ -258,11 +258,6 @@ def derangement(n: int, seed: int = 0) -> np.ndarray:
     o = np.random.default_rng(seed).permutation(n); p = np.empty(n, np.int64); p[o] = np.roll(o, -1)
     return p
 
-def shuffle_explanations(explanations: Mapping[int, str | None], seed: int = 0) -> dict[int, str | None]:
-    "Each latent's explanation replaced by another latent's (a seeded derangement over the latents of one SAE)."
-    keys = sorted(explanations); p = derangement(len(keys), seed)
-    return {k: explanations[keys[p[i]]] for i, k in enumerate(keys)}
-
 def shuffle_within_groups(explanations: Mapping[Hashable, str | None], levels: Sequence[Callable[[Hashable], Hashable]],
                           seed: int = 0) -> tuple[dict, dict]:
     """Each key's explanation replaced by another key's, from the narrowest group of `levels` (functions key -> group, narrowest
@@ -347,24 +342,6 @@ def null_simulation(records: LatentRecords, test_splits: Sequence[str] = ("test"
                          "simulator": NULL_SIMULATOR, "correlation": r, "n_tokens": n}).sort_values("latent", ignore_index=True)
 
 # %% ../nbs/23_battery.ipynb #cef6ddcd
-def _splice(sae: nn.Module):
-    "Block output -> the SAE's reconstruction of it."
-    def f(h: Tensor) -> Tensor:
-        acts, idx, _ = sae.encode(h.flatten(0, 1).to(sae.dtype)); return sae.decode(acts, idx).to(h.dtype).view_as(h)
-    return f
-
-def _final_hidden(model: nn.Module, x: Tensor) -> Tensor:
-    "The hidden states the LM head reads (after the final norm), (B, T, d): the model's body alone, its block hooks firing as in a full pass."
-    body = model.base_model
-    if body is model: raise ValueError(f"{type(model).__name__} has no base model under its LM head: cannot compute the head a few positions at a time")
-    return body(input_ids=x, use_cache=False).last_hidden_state
-
-def _head_log_probs(model: nn.Module, h: Tensor) -> Tensor:
-    "Next-token log-probabilities (float32) from final hidden states `h` (..., d): the LM head, with the logit soft-capping some models apply (Gemma 2)."
-    logits = model.get_output_embeddings()(h).float()
-    cap = getattr(model.config, "final_logit_softcapping", None)
-    return F.log_softmax(torch.tanh(logits / cap) * cap if cap else logits, -1)
-
 @torch.no_grad()
 def reconstruction_scores(model: nn.Module, sae: nn.Module, layer: int, tokens: Tensor, batch_size_chunks: int = 8, device=None,
                           progress: bool = False, positions_per_chunk: int = 256) -> dict[str, float]:
@@ -386,7 +363,7 @@ def reconstruction_scores(model: nn.Module, sae: nn.Module, layer: int, tokens: 
             try: hidden[k] = _final_hidden(model, x)
             finally: h.remove()
         hidden = {k: v.flatten(0, 1) for k, v in hidden.items()}
-        target = torch.cat([x[:, 1:], torch.full_like(x[:, :1], -100)], 1).flatten()   # each chunk's last position predicts nothing here
+        target = _next_token_targets(x)
         for i in range(0, len(target), positions_per_chunk):
             part, y = slice(i, i + positions_per_chunk), target[i:i + positions_per_chunk]
             logp = _head_log_probs(model, hidden["clean"][part])
