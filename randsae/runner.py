@@ -700,21 +700,23 @@ def reproduce(preset: str | Preset, stages: Sequence[str] | None = None, overrid
     return runs
 
 def _execute_locked(p: Preset, runs: list[NotebookRun], overrides, force: bool, progress: bool) -> None:
-    executed = set()
+    executed = set(); prov = provenance()   # the commit the notebooks run at: taken now, not when the call ends (hours later, commits may have landed)
     for run in runs:
         t0 = time.perf_counter()
         if execute_run(run, force=force, progress=progress): executed.add(run.notebook.name)
         log.info("%s %s in %.0fs", "ran" if run.notebook.name in executed else "skipped", run.notebook.name, time.perf_counter() - t0)
     for out in dict.fromkeys(r.out_dir for r in runs):
-        write_json(out/"run.json", run_record(out, p.name, [r for r in runs if r.out_dir == out], overrides, executed))
+        write_json(out/"run.json", run_record(out, p.name, [r for r in runs if r.out_dir == out], overrides, executed, prov))
 
-def run_record(out: Path, preset: str, runs: Sequence[NotebookRun], overrides: Mapping[str, Any] | None, executed: set[str]) -> dict:
+def run_record(out: Path, preset: str, runs: Sequence[NotebookRun], overrides: Mapping[str, Any] | None, executed: set[str],
+               prov: Mapping[str, Any] | None = None) -> dict:
     """`run.json` for the folder `out` after `runs` (its notebooks of this call; `executed`: the names of those that ran, not skipped):
     merged over the record already there, so a stage run alone (`--stages interp`) keeps the parameters of the stages run before it,
-    which later stages read (`saes.read_sae_stage`). `git_sha_by_notebook`: the commit each notebook last ran at."""
+    which later stages read (`saes.read_sae_stage`). `git_sha_by_notebook`: the commit each notebook last ran at (`prov`: the
+    `provenance()` taken when the call started; now if None)."""
     old = read_json(Path(out)/"run.json")
     if old.get("preset") != preset: old = {}   # another preset's record: nothing of it applies
-    prov = provenance()
+    prov = dict(prov or provenance())
     old_nbs = old.get("notebooks") or {}
     shas = {**{n: old.get("git_sha", "") for n in old_nbs}, **(old.get("git_sha_by_notebook") or {}),
             **{r.notebook.name: prov["git_sha"] for r in runs if r.notebook.name in executed}}
