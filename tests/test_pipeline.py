@@ -204,3 +204,37 @@ def test_superposition_layers_stage_on_the_sae_stage_subject(pipeline_run):
     assert {f"layer_superposition_{n}.{e}" for n in ("gap", "l0") for e in ("png", "svg", "vl.json")} <= {f.name for f in (out/"figures").iterdir()}
     executed = out/"layer_superposition.ipynb"; mtime = executed.stat().st_mtime_ns
     assert run_cli(*LAYER_SUPERPOSITION, outputs=root, timeout=300).returncode == 0 and executed.stat().st_mtime_ns == mtime, "unchanged: skipped"
+
+
+BATTERY = ["reproduce", "--preset", "tiny", "--stages", "battery", "--no-progress", *ARGS[6:], "--set", "context_max_windows=2",
+           "--set", "context_max_latents=3", "--set", "n_bootstrap=50", "--set", "kl_n_chunks=2", "--set", "kl_batch_size=2"]
+
+
+def test_battery_stage_on_the_interp_stage_records(pipeline_run):
+    """The battery stage end to end on the fixture's interp records: per-latent metrics in range, a slope and verdict per (metric,
+    variant), the null model's matched and shuffled AUROCs, the LLM's own / shuffled / token-list scores with the real local LLM, KL and
+    CE scores, the simulator's cost from a timed call (never NaN); a rerun skips it."""
+    root, _ = pipeline_run
+    r = run_cli(*BATTERY, outputs=root, timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:]
+    (summary_path,) = root.glob("tiny--*/battery_summary.json"); out = summary_path.parent
+    summary = json.loads(summary_path.read_text())
+    lat = pd.read_parquet(out/"tables"/"battery_latents.parquet")
+    assert set(lat.variant) == set(VARIANTS) and set(lat.layer) == {0, 1} and set(lat.seed) == {0, 1}
+    for c in ("token_r2", "prev_token_r2", "bigram_r2", "position_r2"):   # adjusted R²: at most 1, below 0 where a key explains nothing
+        assert (lat[c].dropna() <= 1 + 1e-6).all() and lat[c].notna().any(), c
+    assert lat.top_token_share.dropna().between(0, 1 + 1e-6).all() and set(lat.single_token.dropna()) <= {0, 1, False, True}
+    assert lat.context_sensitivity.notna().sum() <= 3 * 20 and lat.context_sensitivity.notna().any()   # context_max_latents per SAE
+    slopes = pd.read_parquet(out/"tables"/"battery_slopes.parquet")
+    assert set(slopes.variant) == set(VARIANTS) and set(slopes.verdict) <= {"supported", "not supported", "no prediction"}
+    null_gap = pd.read_parquet(out/"tables"/"battery_null_shuffled_gap.parquet")
+    assert set(null_gap.variant) == set(VARIANTS) and null_gap.auroc_shuffled.between(0, 1).all()
+    llm = pd.read_parquet(out/"tables"/"battery_llm_scores.parquet")
+    assert set(llm.explainer) == {"own", "shuffled", "token_list"}
+    kl = pd.read_parquet(out/"tables"/"battery_kl_ce.parquet")
+    assert len(kl) == 20 and (kl.kl_sae >= -1e-6).all() and kl.ce_clean.notna().all()
+    cost = summary["llm_simulator_cost"]
+    assert cost["n_llm_latents"] == 20 and cost["seconds_per_prompt"] > 0 and cost["seconds_per_prompt_source"] != "no LLM call timed", cost
+    assert any(s.startswith("**") for s in summary["sentences"])
+    executed = out/"battery.ipynb"; mtime = executed.stat().st_mtime_ns
+    assert run_cli(*BATTERY, outputs=root, timeout=300).returncode == 0 and executed.stat().st_mtime_ns == mtime, "unchanged: skipped"
