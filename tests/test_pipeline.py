@@ -234,7 +234,7 @@ def test_battery_stage_on_the_interp_stage_records(pipeline_run):
     kl = pd.read_parquet(out/"tables"/"battery_kl_ce.parquet")
     assert len(kl) == 20 and (kl.kl_sae >= -1e-6).all() and kl.ce_clean.notna().all()
     cost = summary["llm_simulator_cost"]
-    assert cost["n_llm_latents"] == 20 and cost["seconds_per_prompt"] > 0 and cost["seconds_per_prompt_source"] != "no LLM call timed", cost
+    assert 0 < cost["n_llm_latents"] <= 20 and cost["seconds_per_prompt"] > 0 and cost["seconds_per_prompt_source"] != "no LLM call timed", cost
     assert any(s.startswith("**") for s in summary["sentences"])
     executed = out/"battery.ipynb"; mtime = executed.stat().st_mtime_ns
     assert run_cli(*BATTERY, outputs=root, timeout=300).returncode == 0 and executed.stat().st_mtime_ns == mtime, "unchanged: skipped"
