@@ -235,7 +235,9 @@ def test_battery_stage_on_the_interp_stage_records(pipeline_run):
     kl = pd.read_parquet(out/"tables"/"battery_kl_ce.parquet")
     assert len(kl) == 16 and set(kl.variant) == set(VARIANTS) - {"control"} and (kl.kl_sae >= -1e-6).all() and kl.ce_clean.notna().all()   # the control: no tokens
     cost = summary["llm_simulator_cost"]
-    assert 0 < cost["n_llm_latents"] <= 20 and cost["seconds_per_prompt"] > 0 and cost["seconds_per_prompt_source"] != "no LLM call timed", cost
+    assert 0 < cost["n_llm_latents"] <= 20 and "nan" not in cost["sentence"] and not any(" nan " in s for s in summary["sentences"]), cost
+    timed = cost["seconds_per_prompt"] > 0   # a cold LLM cache times the calls; a warm one (a rerun of the tests) has none to time
+    assert timed == (cost["seconds_per_prompt_source"] != "no LLM call timed") and (timed or "came from the cache" in cost["sentence"]), cost
     assert any(s.startswith("**") for s in summary["sentences"])
     executed = out/"battery.ipynb"; mtime = executed.stat().st_mtime_ns
     assert run_cli(*BATTERY, outputs=root, timeout=300).returncode == 0 and executed.stat().st_mtime_ns == mtime, "unchanged: skipped"
