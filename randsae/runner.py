@@ -6,12 +6,13 @@ Docs: https://randsae.github.io/randsae/runner.html.md"""
 
 # %% auto #0
 __all__ = ['log', 'PRODUCT_SHA256_MAX_BYTES', 'LOCAL_BASE_PRESETS', 'LOCAL_SAE', 'LOCAL_INTERP', 'LOCK_NAME',
-           'notebook_parameters', 'parse_value', 'parse_set', 'load_params_file', 'check_overrides', 'check_toy_params',
-           'available_memory_bytes', 'sae_memory_bytes', 'check_sae_memory', 'subject_model_config',
-           'describe_architecture', 'check_sae_params', 'check_interp_params', 'check_stage', 'run_dir_name',
-           'products_record', 'products_problem', 'NotebookRun', 'plan_runs', 'subject_preset', 'FolderLocked',
-           'folder_lock', 'remove_stale_temporaries', 'lock_runs', 'progress_line', 'ProgressTail', 'NotebookFailed',
-           'DiskFull', 'folder_mb', 'disk_full', 'provenance', 'execute_run', 'reproduce', 'run_record']
+           'KERNEL_WARNING_FILTERS', 'notebook_parameters', 'parse_value', 'parse_set', 'load_params_file',
+           'check_overrides', 'check_toy_params', 'available_memory_bytes', 'sae_memory_bytes', 'check_sae_memory',
+           'subject_model_config', 'describe_architecture', 'check_sae_params', 'check_interp_params', 'check_stage',
+           'run_dir_name', 'products_record', 'products_problem', 'NotebookRun', 'plan_runs', 'subject_preset',
+           'FolderLocked', 'folder_lock', 'remove_stale_temporaries', 'lock_runs', 'progress_line', 'ProgressTail',
+           'NotebookFailed', 'DiskFull', 'folder_mb', 'disk_full', 'provenance', 'execute_run', 'reproduce',
+           'run_record']
 
 # %% ../nbs/05_runner.ipynb #b1b2700c
 import ast, errno, json, logging, os, platform, re, subprocess, sys, time
@@ -358,9 +359,11 @@ class NotebookRun:
     def fingerprint(self) -> str:
         "Hash of the parameters, of the notebook's own text (an edited notebook reruns) and of the other runs' files the stage reads."
         import hashlib
-        params = {k: v for k, v in self.params.items() if k != "out_dir"}   # a moved outputs/ tree stays valid
-        root = self.out_dir.parent; inputs = sorted({p for pat in STAGES[self.stage].inputs for p in root.glob(pat)
-                                                     if p.is_file() and self.out_dir not in p.parents})
+        # A moved outputs/ tree stays valid: its own place is left out, and the folders of the stages it needs (beside
+        # out_dir) count by their place in the tree.
+        root = self.out_dir.parent; needed = {f"{r}_dir" for r in STAGES[self.stage].requires}
+        params = {k: (os.path.relpath(v, root) if k in needed else v) for k, v in self.params.items() if k not in ("out_dir", "outputs_root")}
+        inputs = sorted({p for pat in STAGES[self.stage].inputs for p in root.glob(pat) if p.is_file() and self.out_dir not in p.parents})
         return params_hash({**params, "_notebook_sha256": hashlib.sha256(self.notebook.read_bytes()).hexdigest(),
                             **({"_inputs": {str(p.relative_to(root)): file_sha256(p) for p in inputs}} if inputs else {})})
     @property
@@ -595,19 +598,22 @@ class ProgressTail:
             for e in loops: self._log(line(e))
             if not loops: self._log(f"{self.label}: running, {_duration(time.time() - self._t0)} so far")
 
+# Warnings a kernel would print into every executed notebook that mean nothing to its reader (`PYTHONWARNINGS` syntax):
+# tqdm.auto without ipywidgets says "IProgress not found" and falls back to the text bars we want anyway.
+KERNEL_WARNING_FILTERS = ("ignore:IProgress not found",)
+
 @contextmanager
-def _kernel_channel(label: str, bar: bool):
-    "A temporary folder holding the progress channel (exported to the kernel in `$RANDSAE_PROGRESS`) and the kernel's IPC sockets."
-    old = os.environ.get(PROGRESS_ENV)
+def _kernel_channel(label: str, bar: bool, env: Mapping[str, str] | None = None):
+    """A temporary folder holding the progress channel (exported to the kernel in `$RANDSAE_PROGRESS`) and the kernel's IPC sockets;
+    the kernel's environment also carries `KERNEL_WARNING_FILTERS` and `env`, all restored on exit."""
+    from unittest.mock import patch   # the standard library's save-and-restore of os.environ
     with tempfile.TemporaryDirectory(prefix="randsae-") as d:
-        channel = Path(d)/"progress.jsonl"; channel.touch(); os.environ[PROGRESS_ENV] = str(channel)
+        channel = Path(d)/"progress.jsonl"; channel.touch()
+        warnings = ",".join(filter(None, [os.environ.get("PYTHONWARNINGS"), *KERNEL_WARNING_FILTERS]))   # the user's first: ours win
         ipc = Path(d)/"kernel"   # unix socket paths may hold ~100 bytes; a very long TMPDIR keeps local TCP
         config = {"KernelManager": {"transport": "ipc", "ip": str(ipc)}} if len(str(ipc)) < 90 else {}
-        try:
-            with ProgressTail(channel, label, bar) as tail: yield config, tail
-        finally:
-            if old is None: os.environ.pop(PROGRESS_ENV, None)
-            else: os.environ[PROGRESS_ENV] = old
+        with patch.dict(os.environ, {PROGRESS_ENV: str(channel), "PYTHONWARNINGS": warnings, **(env or {})}), ProgressTail(channel, label, bar) as tail:
+            yield config, tail
 
 # %% ../nbs/05_runner.ipynb #8b8bb73e
 class _Collect(logging.Handler):
@@ -655,15 +661,15 @@ def execute_run(run: NotebookRun, force: bool = False, progress: bool = True) ->
     pm_level = pm_log.level; pm_log.setLevel(logging.WARNING)   # not its INFO lines (the temporary output path, the kernel name): we say what runs where
     bar = progress and sys.stderr.isatty()   # else (a log, --no-progress) progress lines instead of bars
     log.info("running %s (stage %s) into %s", run.notebook.name, run.stage, run.out_dir)
-    t0 = time.perf_counter(); old_force = os.environ.get("RANDSAE_FORCE")
-    if force: os.environ["RANDSAE_FORCE"] = "1"   # the kernel inherits it: cached sweeps are recomputed too
+    t0 = time.perf_counter()
     failed = run.out_dir/f"{run.notebook.stem}.failed.ipynb"
     fingerprint = run.fingerprint()   # of the notebook text as it is now, before it runs (it may be edited meanwhile)
     started = time.time()   # what this run wrote, should the disk fill up, is what changed since (no walk of the folder up front)
     try:
         with atomic_path(run.executed) as tmp:
             try:
-                with _kernel_channel(run.notebook.name, bar) as (kernel_config, _):
+                # RANDSAE_FORCE: the kernel's cached sweeps are recomputed too
+                with _kernel_channel(run.notebook.name, bar, {"RANDSAE_FORCE": "1"} if force else None) as (kernel_config, _):
                     from traitlets.config import Config
                     pm.execute_notebook(str(run.notebook), str(tmp), parameters=run.params, kernel_name="python3",
                                         cwd=str(run.notebook.parent), progress_bar=bar, report_mode=False, language="python",
@@ -681,8 +687,6 @@ def execute_run(run: NotebookRun, force: bool = False, progress: bool = True) ->
         raise disk_full(run.out_dir, f"saving {run.notebook.name}", folder_mb(run.out_dir, started)) from None
     finally:
         pm_log.removeHandler(handler); pm_log.setLevel(pm_level)
-        if old_force is None: os.environ.pop("RANDSAE_FORCE", None)
-        else: os.environ["RANDSAE_FORCE"] = old_force
     return True
 
 def reproduce(preset: str | Preset, stages: Sequence[str] | None = None, overrides: Mapping[str, Any] | None = None,

@@ -21,6 +21,8 @@ def test_toy_stage_end_to_end_and_rerun(tmp_path, params_file):
     assert len(sweeps) >= 5 and all(n == total for n, total in sweeps), r.stderr[-3000:]
     assert "without encryption" not in r.stderr + r.stdout and "Traceback" not in r.stderr, r.stderr[-3000:]
     (out,) = [d for d in tmp_path.iterdir() if d.name.startswith("toy--")]   # overrides get their own folder
+    # nor, in the executed notebook, tqdm's "IProgress not found" (the kernel runs with KERNEL_WARNING_FILTERS)
+    assert "IProgress not found" not in (out/"toy_superposition.ipynb").read_text()
     figs = sorted(f.name for f in (out/"figures").iterdir())
     for prefix in FIGURE_PREFIXES:
         for ext in ("png", "svg", "html"):
