@@ -25,13 +25,15 @@ TABLES = ("sae_metrics_by_variant", "sae_metrics_by_layer", "autointerp_by_varia
 RANDOM_VARIANTS = ("rerandomized_incl_emb", "rerandomized_excl_emb", "step0")
 
 def _interp_folders(root: Path) -> dict[Path, Path]:
-    "sae stage folder -> the folder of the interp run that read it (its `run.json` names it; the newest when several did)."
+    """sae stage folder -> the folder of the interp run that read it (its `run.json` names it; the newest when several did).
+    The sae folder counts by its name under `root` (stage folders lie side by side): a moved outputs/ tree, or a run made in a
+    clone elsewhere and copied in, still finds it."""
     out = {}
     for p in sorted(root.glob("*/tables/autointerp_by_variant.parquet"), key=lambda p: p.stat().st_mtime):
         folder = p.parent.parent
         try: sae = json.loads((folder/"run.json").read_text())["notebooks"]["autointerp.ipynb"]["sae_dir"]
         except (OSError, KeyError, TypeError, json.JSONDecodeError): sae = folder
-        out[Path(sae).resolve()] = folder
+        out[(root/Path(sae).name).resolve()] = folder
     return out
 
 def find_runs(root: str | Path) -> dict[str, tuple[Path, Path | None]]:
