@@ -24,8 +24,8 @@ from .plots import interval_chart
 TABLES = ("sae_metrics_by_variant", "sae_metrics_by_layer", "autointerp_by_variant", "autointerp_by_layer", "entropy_by_layer")
 RANDOM_VARIANTS = ("rerandomized_incl_emb", "rerandomized_excl_emb", "step0")
 
-def _interp_folders(root: Path) -> dict[Path, Path]:
-    """sae stage folder -> the folder of the interp run that read it (its `run.json` names it; the newest when several did).
+def _interp_folders(root: Path) -> dict[str, Path]:
+    """sae stage folder name -> the folder of the interp run that read it (its `run.json` names it; the newest when several did).
     The sae folder counts by its name under `root` (stage folders lie side by side): a moved outputs/ tree, or a run made in a
     clone elsewhere and copied in, still finds it."""
     out = {}
@@ -33,7 +33,7 @@ def _interp_folders(root: Path) -> dict[Path, Path]:
         folder = p.parent.parent
         try: sae = json.loads((folder/"run.json").read_text())["notebooks"]["autointerp.ipynb"]["sae_dir"]
         except (OSError, KeyError, TypeError, json.JSONDecodeError): sae = folder
-        out[(root/Path(sae).name).resolve()] = folder
+        out[Path(sae).name] = folder
     return out
 
 def find_runs(root: str | Path) -> dict[str, tuple[Path, Path | None]]:
@@ -41,7 +41,7 @@ def find_runs(root: str | Path) -> dict[str, tuple[Path, Path | None]]:
     root = Path(root); found = sorted(p.parent for p in root.glob("*/sae_pipeline_summary.json"))
     subj = {p: json.loads((p/"sae_pipeline_summary.json").read_text()).get("subject", p.name) for p in found}
     counts = pd.Series(list(subj.values()), dtype=object).value_counts(); interp = _interp_folders(root)
-    return {(s if counts[s] == 1 else f"{s} ({p.name})"): (p, interp.get(p.resolve())) for p, s in subj.items()}
+    return {(s if counts[s] == 1 else f"{s} ({p.name})"): (p, interp.get(p.name)) for p, s in subj.items()}
 
 def load_tables(folder: str | Path, interp_folder: str | Path | None = None) -> dict[str, pd.DataFrame]:
     "The Fig 3 tables of one run (those missing are absent from the result); the interp tables from `interp_folder` when given."
