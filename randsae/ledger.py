@@ -12,11 +12,10 @@ __all__ = ['CLAIMS_VERSION', 'SUPPORTED', 'NOT_SUPPORTED', 'NOT_MEASURED', 'NOT_
            'check_control_reconstruction_lower', 'check_control_depth', 'check_entropy_order',
            'check_trained_entropy_rises', 'check_goldilocks_zone', 'check_toy_recovery', 'check_superposed_dominates',
            'check_mlp_narrows_gap', 'check_glove_gap_smaller', 'check_frozen_baselines_match',
-           'check_synthetic_recovery_low', 'Run', 'baseline_grids', 'find_ledger_runs', 'ledger', 'ledger_table',
-           'ledger_markdown', 'readme_ledger']
+           'check_synthetic_recovery_low', 'Run', 'find_ledger_runs', 'ledger', 'ledger_table', 'ledger_markdown',
+           'readme_ledger']
 
 # %% ../nbs/24_ledger.ipynb #0b189469
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
@@ -24,7 +23,7 @@ from typing import Callable, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from .compare import CLAIMS as COMPARE_CLAIMS, RANDOM_VARIANTS, check_claims, find_runs, load_tables
+from .compare import CLAIMS as COMPARE_CLAIMS, RANDOM_VARIANTS, check_claims, find_runs, load_tables, runs_by_sae_folder
 from .stats import compare_intervals, fmt_interval
 
 # %% ../nbs/24_ledger.ipynb #6320f470
@@ -332,22 +331,11 @@ class Run:
 BASELINES_SUMMARY = "baselines_summary.json"
 RECOVERY_SUMMARY = "recovery_summary.json"   # written last by the recovery stage: its tables are whole
 
-def baseline_grids(root: str | Path) -> dict[str, Path]:
-    "sae stage folder name -> the `sae_baseline_grid` table of the finished baselines run that read it (its `run.json` names it; the newest when several did)."
-    out = {}
-    for p in sorted(Path(root).glob("*/tables/sae_baseline_grid.parquet"), key=lambda p: p.stat().st_mtime):
-        folder = p.parent.parent
-        if not (folder/BASELINES_SUMMARY).exists(): continue   # a half-written run
-        try: sae = json.loads((folder/"run.json").read_text())["notebooks"]["baselines.ipynb"]["sae_dir"]
-        except (OSError, KeyError, TypeError, json.JSONDecodeError): continue
-        out[Path(sae).name] = p   # by name: a clone elsewhere, or a moved outputs/ tree, still finds it
-    return out
-
 def find_ledger_runs(root: str | Path) -> list[Run]:
     "The transformer and toy runs under `root`, sorted by kind then name; preset folders without their summary as not run."
     root = Path(root); runs = []; expected = _preset_folders()
     sae_runs = {sae.resolve(): interp for sae, interp in find_runs(root).values()} if root.is_dir() else {}
-    grids = baseline_grids(root) if root.is_dir() else {}
+    grids = runs_by_sae_folder(root, "sae_baseline_grid", "baselines.ipynb", BASELINES_SUMMARY) if root.is_dir() else {}
     recovery = max((p for p in root.glob("*/tables/recovery_intervals.parquet") if (p.parent.parent/RECOVERY_SUMMARY).exists()),
                    key=lambda p: p.stat().st_mtime, default=None) if root.is_dir() else None
     for d in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")) if root.is_dir() else []:
@@ -356,7 +344,7 @@ def find_ledger_runs(root: str | Path) -> list[Run]:
             if interp is not None and not (interp/INTERP_SUMMARY).exists(): interp = None
             tabs = load_tables(d, interp)
             if interp is None: tabs = {k: v for k, v in tabs.items() if not k.startswith(("autointerp", "entropy"))}   # half-written interp tables
-            if (g := grids.get(d.name)) is not None: tabs["sae_baseline_grid"] = pd.read_parquet(g)
+            if (g := grids.get(d.name)) is not None: tabs["sae_baseline_grid"] = pd.read_parquet(g/"tables"/"sae_baseline_grid.parquet")
             runs.append(Run(d.name, "transformer", tabs, interp=interp.name if interp is not None else ""))
         elif expected.get(d.name) == "transformer":
             runs.append(Run(d.name, "transformer", {}, not_run=f"no {SAE_SUMMARY} in {d.name}/: the sae stage has not finished"))
