@@ -34,7 +34,8 @@ def runs_by_sae_folder(root: str | Path, table: str, notebook: str, summary: str
     for p in sorted(Path(root).glob(f"*/tables/{table}.parquet"), key=lambda p: p.stat().st_mtime):
         folder = p.parent.parent
         if summary is not None and not (folder/summary).exists(): continue   # a half-written run
-        entry = read_json(folder/"run.json").get("notebooks", {}).get(notebook)
+        notebooks = read_json(folder/"run.json").get("notebooks")   # a malformed record counts as none
+        entry = notebooks.get(notebook) if isinstance(notebooks, dict) else None
         sae = entry.get("sae_dir") if isinstance(entry, dict) else None
         out[Path(sae).name if isinstance(sae, str) else folder.name] = folder
     return out
